@@ -1,0 +1,38 @@
+"""PartCam engines: the attention-to-scale network, its checkpoints and its runtimes.
+
+    from engines import TASKS, build_model, save_checkpoint, load_checkpoint, create_engine
+"""
+
+from .backbones import BACKBONES, get_backbone_spec, load_torchvision_weights
+from .backends import BACKENDS, BackendUnavailable, Engine, Prediction, create_engine
+from .checkpoint import CheckpointError, CheckpointMetadata, load_checkpoint, read_metadata, save_checkpoint
+from .merge import MERGES
+from .model import DEFAULT_SCALES, MultiScaleSegmenter, build_model
+from .preprocessing import Preprocessing
+from .tasks import TASKS, Task, get_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKBONES",
+    "BACKENDS",
+    "DEFAULT_SCALES",
+    "MERGES",
+    "TASKS",
+    "BackendUnavailable",
+    "CheckpointError",
+    "CheckpointMetadata",
+    "Engine",
+    "MultiScaleSegmenter",
+    "Prediction",
+    "Preprocessing",
+    "Task",
+    "build_model",
+    "create_engine",
+    "get_backbone_spec",
+    "get_task",
+    "load_checkpoint",
+    "load_torchvision_weights",
+    "read_metadata",
+    "save_checkpoint",
+]

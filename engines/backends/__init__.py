@@ -1,0 +1,82 @@
+"""Runtimes. ``create_engine`` picks one by name; ``auto`` takes the fastest that can run here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from .base import BackendUnavailable, Engine, Prediction, log
+from .cpu import CpuEngine
+from .cuda import CudaEngine
+
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "cuda", "cpu")
+_auto_logged = False
+
+
+def _tensorrt_engine(model, input_size: int, *, engine_path: str | os.PathLike | None, **kwargs) -> Engine:
+    # Imported lazily: torch-tensorrt exists only on GPU servers.
+    from .tensorrt import TensorRTEngine
+
+    return TensorRTEngine(model, input_size, engine_path=engine_path, **kwargs)
+
+
+def create_engine(
+    path_or_model: str | os.PathLike | torch.nn.Module,
+    backend: str = "auto",
+    input_size: int | None = None,
+    *,
+    task: str | None = None,
+    threads: int | None = None,
+    precision: str = "fp16",
+    engine_path: str | os.PathLike | None = None,
+) -> Engine:
+    """Load a checkpoint (or take a built model) and wrap it in a runtime.
+
+    ``backend`` is "cpu", "cuda", "tensorrt" or "auto" (tensorrt, then cuda, then cpu).
+    A backend that cannot run here raises ``BackendUnavailable`` naming what is missing.
+    """
+    global _auto_logged
+    if backend not in BACKENDS:
+        raise KeyError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if isinstance(path_or_model, (str, os.PathLike, Path)):
+        model = load_checkpoint(path_or_model, task=task)
+    else:
+        model = path_or_model
+    if input_size is None:
+        meta = getattr(model, "metadata", None)
+        input_size = meta.input_size if meta else 321
+
+    if backend == "auto":
+        choice, reasons = "cpu", []
+        if torch.cuda.is_available():
+            choice = "cuda"
+            try:
+                import torch_tensorrt  # noqa: F401
+
+                choice = "tensorrt"
+            except ImportError:
+                reasons.append("torch-tensorrt not installed")
+        else:
+            reasons.append("no CUDA GPU visible")
+        if not _auto_logged:
+            log.info("engine auto-selected: %s%s", choice, f" ({'; '.join(reasons)})" if reasons else "")
+            _auto_logged = True
+        backend = choice
+        if backend == "tensorrt":
+            try:
+                return _tensorrt_engine(model, input_size, engine_path=engine_path, precision=precision)
+            except BackendUnavailable as exc:
+                log.warning("tensorrt unavailable (%s); using cuda", exc)
+                backend = "cuda"
+
+    if backend == "cpu":
+        return CpuEngine(model, input_size, threads=threads)
+    if backend == "cuda":
+        return CudaEngine(model, input_size, precision=precision)
+    return _tensorrt_engine(model, input_size, engine_path=engine_path, precision=precision)
+
+
+__all__ = ["BACKENDS", "BackendUnavailable", "CpuEngine", "CudaEngine", "Engine", "Prediction", "create_engine"]

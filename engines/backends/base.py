@@ -1,0 +1,138 @@
+"""What every runtime shares: letterboxing frames in, label maps out, and honest timing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..preprocessing import PAD_VALUE, Preprocessing
+
+log = logging.getLogger("partcam.engine")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run on this machine; the message names what is missing."""
+
+
+@dataclass
+class Prediction:
+    """One frame's result: labels at the frame's own size, optional scale attention, CNN time."""
+
+    labels: np.ndarray  # H×W uint8 class indices
+    attention: np.ndarray | None  # S×H×W float32 weights summing to 1 per pixel, or None
+    cnn_ms: float  # forward-pass time of the batch this frame ran in
+
+
+def check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError("frames must be H×W×3 uint8 RGB arrays")
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise ValueError("frames must not be empty")
+
+
+def letterbox(frames: list[np.ndarray], size: int, device: torch.device) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Resize each frame so its long side is ``size`` and pad it with grey to size×size.
+
+    Returns an N×3×size×size float tensor of 0–255 RGB pixels and each frame's content size.
+    """
+    batch = torch.full((len(frames), 3, size, size), float(PAD_VALUE), device=device)
+    valid: list[tuple[int, int]] = []
+    for index, frame in enumerate(frames):
+        check_frame(frame)
+        height, width = frame.shape[:2]
+        ratio = size / max(height, width)
+        new_h, new_w = max(1, round(height * ratio)), max(1, round(width * ratio))
+        pixels = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float()
+        if (new_h, new_w) != (height, width):
+            pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                   antialias=ratio < 1).clamp_(0, 255)
+        batch[index, :, :new_h, :new_w] = pixels[0]
+        valid.append((new_h, new_w))
+    return batch, valid
+
+
+def _nearest_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of the last two axes (cheap index gathers, no interpolation)."""
+    rows = np.minimum((np.arange(height) + 0.5) * array.shape[-2] / height, array.shape[-2] - 1).astype(np.intp)
+    cols = np.minimum((np.arange(width) + 0.5) * array.shape[-1] / width, array.shape[-1] - 1).astype(np.intp)
+    return array[..., rows[:, None], cols[None, :]]
+
+
+def to_predictions(logits: torch.Tensor, attention: torch.Tensor | None, size: int,
+                   valid: list[tuple[int, int]], frame_sizes: list[tuple[int, int]], cnn_ms: float,
+                   want_attention: bool) -> list[Prediction]:
+    """Upsample the network's grid to the letterboxed input, crop each frame, resize to its size."""
+    logits = F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False)
+    labels_all = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+    att_all = None
+    if want_attention and attention is not None:
+        att_all = F.interpolate(attention.float(), size=(size, size), mode="bilinear", align_corners=False)
+        att_all = att_all.cpu().numpy()
+    predictions = []
+    for index, ((vh, vw), (height, width)) in enumerate(zip(valid, frame_sizes)):
+        labels = _nearest_resize(labels_all[index, :vh, :vw], height, width)
+        att = None
+        if att_all is not None:
+            att = np.ascontiguousarray(_nearest_resize(att_all[index, :, :vh, :vw], height, width), dtype=np.float32)
+        predictions.append(Prediction(labels=np.ascontiguousarray(labels), attention=att, cnn_ms=cnn_ms))
+    return predictions
+
+
+class Engine:
+    """A runtime that turns RGB frames into label maps. Subclasses implement ``_forward``."""
+
+    name = "base"
+    timing_label = "CPU time"
+    batching_helps = False  # whether one batch of N frames beats N single calls
+
+    def __init__(self, model: torch.nn.Module, input_size: int, device: torch.device) -> None:
+        self.model = model
+        self.input_size = int(input_size)
+        self.device = device
+        self.metadata = getattr(model, "metadata", None)
+        config = getattr(model, "config", {})
+        self.task: str = config.get("task", "parts")
+        self.scales: tuple[float, ...] = tuple(config.get("scales", (1.0,)))
+        self.merge: str = config.get("merge", "single")
+        self.preprocessing: Preprocessing = model.preprocessing
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.metadata and self.metadata.trained)
+
+    @property
+    def device_name(self) -> str:
+        return str(self.device)
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """Normalised N×3×S×S input → (logits, attention, CNN milliseconds)."""
+        raise NotImplementedError
+
+    def infer(self, frames: list[np.ndarray], *, attention: bool = False) -> list[Prediction]:
+        """Parse a batch of H×W×3 uint8 RGB frames of any sizes."""
+        if not frames:
+            return []
+        with torch.inference_mode():
+            pixels, valid = letterbox(frames, self.input_size, self.device)
+            batch = self.preprocessing.normalise(pixels)
+            logits, att, cnn_ms = self._forward(batch)
+            sizes = [frame.shape[:2] for frame in frames]
+            return to_predictions(logits, att, self.input_size, valid, sizes, cnn_ms, attention)
+
+    def describe(self) -> dict:
+        """A JSON-ready summary for status pages and logs."""
+        return {
+            "engine": self.name,
+            "device": self.device_name,
+            "timing": self.timing_label,
+            "task": self.task,
+            "input_size": self.input_size,
+            "scales": list(self.scales),
+            "merge": self.merge,
+            "trained": self.trained,
+            "trained_on": self.metadata.trained_on if self.metadata else "nothing (random weights)",
+        }

@@ -1,0 +1,71 @@
+"""Per-scale heads: turn backbone outputs into the features the attention reads, then class scores."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class LinearHead(nn.Module):
+    """DeepLab's head: the backbone's last features (fc7) are the features; no extra layers."""
+
+    def __init__(self, channels: dict[str, int]) -> None:
+        super().__init__()
+        self.out_channels = channels["out"]
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return feats["out"]
+
+
+class LightHead(nn.Module):
+    """LR-ASPP-style head: gated deep features, upsampled and fused with a stride-8 skip.
+
+    An optional ``"mask"`` output of the backbone (a person-segmentation logit) is appended,
+    so a person-aware encoder's silhouette reaches the classifier directly.
+    """
+
+    def __init__(self, channels: dict[str, int], width: int = 128, low_width: int = 32) -> None:
+        super().__init__()
+        self.deep = nn.Sequential(
+            nn.Conv2d(channels["out"], width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        self.gate = nn.Conv2d(channels["out"], width, 1)
+        self.low = nn.Sequential(
+            nn.Conv2d(channels["low"], low_width, 1, bias=False), nn.BatchNorm2d(low_width), nn.ReLU(inplace=True)
+        )
+        extra = channels.get("mask", 0)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(width + low_width + extra, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        self.out_channels = width
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        deep, low = feats["out"], feats["low"]
+        gate = torch.sigmoid(self.gate(F.adaptive_avg_pool2d(deep, 1)))
+        deep = self.deep(deep) * gate
+        deep = F.interpolate(deep, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        parts = [deep, self.low(low)]
+        if "mask" in feats:
+            parts.append(F.interpolate(feats["mask"], size=low.shape[-2:], mode="bilinear", align_corners=False))
+        return self.fuse(torch.cat(parts, dim=1))
+
+
+HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "light": LightHead}
+
+
+class SegmentationNet(nn.Module):
+    """One scale's network: backbone → head (features) → classifier (class scores).
+
+    The backbone and classifier are separate arguments, as in torchvision's segmentation models.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.head(self.backbone(x))
+        return {"features": features, "logits": self.classifier(features)}

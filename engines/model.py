@@ -1,0 +1,110 @@
+"""The attention-to-scale model: one shared network run at several scales, then merged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backbones import get_backbone_spec
+from .heads import HEADS, SegmentationNet
+from .merge import MERGES, AttentionMerge, AverageMerge, MaxMerge, ScaleMerge, SingleScale
+from .preprocessing import Preprocessing
+from .tasks import get_task
+
+DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.75, 0.5)
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class MultiScaleSegmenter(nn.Module):
+    """Runs ``net`` on the input at each scale with shared weights and merges the score maps.
+
+    Eval mode returns ``{"logits", "attention"}``; train mode adds ``"scale_logits"``, each
+    scale's scores on the same grid as ``"logits"``, for the extra supervision loss.
+    """
+
+    def __init__(self, net: SegmentationNet, scales: Sequence[float], merge: ScaleMerge) -> None:
+        super().__init__()
+        if not scales or scales[0] != 1.0:
+            raise ValueError(f"scales must start with 1.0, got {tuple(scales)}")
+        self.net = net
+        self.scales = tuple(float(s) for s in scales)
+        self.merge = merge
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
+        height, width = x.shape[-2:]
+        features: list[torch.Tensor] = []
+        logits: list[torch.Tensor] = []
+        grid: Sequence[int] | None = None
+        for scale in self.scales:
+            xs = x if scale == 1.0 else _resize(x, (max(1, round(height * scale)), max(1, round(width * scale))))
+            out = self.net(xs)
+            if grid is None:
+                grid = out["logits"].shape[-2:]
+            logits.append(_resize(out["logits"], grid))
+            if self.merge.uses_features:
+                features.append(_resize(out["features"], grid))
+        fused, attention = self.merge(features, logits)
+        result: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"logits": fused, "attention": attention}
+        if self.training:
+            result["scale_logits"] = logits
+        return result
+
+
+def build_model(
+    *,
+    task: str,
+    backbone: str = "mobilenetv3_large",
+    merge: str = "attention",
+    scales: Sequence[float] = DEFAULT_SCALES,
+    attention_width: int | None = None,
+    backbone_kwargs: dict | None = None,
+    num_classes: int | None = None,
+) -> MultiScaleSegmenter:
+    """Build an attention-to-scale model with random weights.
+
+    ``merge="single"`` runs scale 1 alone whatever ``scales`` says. The model carries its
+    configuration in ``model.config`` so that checkpoints can record it.
+    """
+    task_spec = get_task(task)
+    spec = get_backbone_spec(backbone)
+    if merge not in MERGES:
+        raise KeyError(f"unknown merge {merge!r}; valid merges: {', '.join(MERGES)}")
+    scales = (1.0,) if merge == "single" else tuple(float(s) for s in scales)
+    classes = num_classes if num_classes is not None else task_spec.num_classes
+    width = attention_width if attention_width is not None else spec.attention_width
+
+    body = spec.builder(**(backbone_kwargs or {}))
+    head = HEADS[spec.head](body.channels)
+    classifier = nn.Conv2d(head.out_channels, classes, 1)
+    net = SegmentationNet(body, head, classifier)
+
+    merge_module: ScaleMerge
+    if merge == "attention":
+        merge_module = AttentionMerge(head.out_channels, len(scales), width=width)
+    else:
+        merge_module = {"max": MaxMerge, "average": AverageMerge, "single": SingleScale}[merge]()
+    model = MultiScaleSegmenter(net, scales, merge_module)
+    model.config = {
+        "task": task,
+        "backbone": backbone,
+        "merge": merge,
+        "scales": list(scales),
+        "attention_width": width,
+        "backbone_kwargs": dict(backbone_kwargs or {}),
+        "num_classes": classes,
+    }
+    model.preprocessing = spec.preprocessing
+    return model
+
+
+def default_preprocessing(backbone: str) -> Preprocessing:
+    """The normalisation a backbone was designed for."""
+    return get_backbone_spec(backbone).preprocessing
