@@ -39,7 +39,7 @@ class MultiScaleSegmenter(nn.Module):
         self.merge = merge
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
-        height, width = x.shape[-2:]
+        height, width = int(x.shape[-2]), int(x.shape[-1])  # static sizes keep tracing/export simple
         features: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
         grid: Sequence[int] | None = None

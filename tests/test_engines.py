@@ -284,7 +284,24 @@ def test_unavailable_backends_name_what_is_missing(mobile_attention):
         create_engine(mobile_attention, backend="tensorrt")
     with pytest.raises(KeyError, match="valid backends"):
         create_engine(mobile_attention, backend="metal")
-    assert create_engine(mobile_attention, backend="auto", input_size=65).name == "cpu"
+    assert create_engine(mobile_attention, backend="auto", input_size=65).name in ("openvino", "cpu")
+
+
+def test_openvino_engine_gives_the_same_labels_as_torch():
+    pytest.importorskip("openvino")
+    torch.manual_seed(3)
+    model = build_model(task="parts", merge="attention")
+    for module in model.modules():  # non-trivial statistics so that conv/BN folding is exercised
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8), rng.integers(0, 256, (50, 40, 3), np.uint8)]
+    reference = create_engine(model, backend="cpu", input_size=97).infer(frames, attention=True)
+    fast = create_engine(model, backend="openvino", input_size=97).infer(frames, attention=True)
+    for ref, got in zip(reference, fast):
+        assert (ref.labels == got.labels).mean() > 0.999
+        assert np.allclose(ref.attention, got.attention, atol=1e-4)
 
 
 def test_registry_lists_the_papers_network():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from .base import BackendUnavailable, Engine, Prediction, log
 from .cpu import CpuEngine
 from .cuda import CudaEngine
 
-BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "cuda", "cpu")
+BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "cuda", "openvino", "cpu")
 _auto_logged = False
 
 
@@ -21,6 +22,10 @@ def _tensorrt_engine(model, input_size: int, *, engine_path: str | os.PathLike |
     from .tensorrt import TensorRTEngine
 
     return TensorRTEngine(model, input_size, engine_path=engine_path, **kwargs)
+
+
+def _openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def create_engine(
@@ -35,7 +40,8 @@ def create_engine(
 ) -> Engine:
     """Load a checkpoint (or take a built model) and wrap it in a runtime.
 
-    ``backend`` is "cpu", "cuda", "tensorrt" or "auto" (tensorrt, then cuda, then cpu).
+    ``backend`` is "cpu" (eager PyTorch), "openvino" (CPU), "cuda", "tensorrt" or "auto"
+    (tensorrt, then cuda, then openvino, then cpu).
     A backend that cannot run here raises ``BackendUnavailable`` naming what is missing.
     """
     global _auto_logged
@@ -61,6 +67,9 @@ def create_engine(
                 reasons.append("torch-tensorrt not installed")
         else:
             reasons.append("no CUDA GPU visible")
+            choice = "openvino" if _openvino_installed() else "cpu"
+            if choice == "cpu":
+                reasons.append("openvino not installed")
         if not _auto_logged:
             log.info("engine auto-selected: %s%s", choice, f" ({'; '.join(reasons)})" if reasons else "")
             _auto_logged = True
@@ -72,6 +81,10 @@ def create_engine(
                 log.warning("tensorrt unavailable (%s); using cuda", exc)
                 backend = "cuda"
 
+    if backend == "openvino":
+        from .openvino import OpenVinoEngine
+
+        return OpenVinoEngine(model, input_size, threads=threads)
     if backend == "cpu":
         return CpuEngine(model, input_size, threads=threads)
     if backend == "cuda":

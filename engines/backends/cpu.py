@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from ..optimize import fuse_conv_bn
 from .base import Engine, log
 
 _threads_set: int | None = None
@@ -30,7 +31,7 @@ class CpuEngine(Engine):
 
     def __init__(self, model: torch.nn.Module, input_size: int, threads: int | None = None) -> None:
         self.threads = set_cpu_threads(threads)
-        model = model.float().eval().to(memory_format=torch.channels_last)
+        model = fuse_conv_bn(model.float()).to(memory_format=torch.channels_last)
         super().__init__(model, input_size, torch.device("cpu"))
 
     @property
