@@ -429,6 +429,7 @@ def import_caffemodel(caffemodel: str | Path, *, task: str, out: str | Path | No
             if suffix_scale is not None and abs(suffix_scale - factor) > 1e-6:
                 warnings.append(f"Interp layer {layer_name} resizes by {factor:g}, not {suffix_scale:g}")
 
+    model.preprocessing = preprocessing
     digest = hashlib.sha256(caffemodel.read_bytes()).hexdigest()
     notes = (f"Imported from Caffe model {caffemodel.name} (sha256 {digest[:16]}…, {layer_format!r} format), "
              f"classifier {info['fc8_layer']}, merge {info['merge']}, scales {info['scales']}. "
