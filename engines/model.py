@@ -17,6 +17,11 @@ from .tasks import get_task
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.75, 0.5)
 
 
+def scaled_size(length: int, scale: float) -> int:
+    """Caffe's shrink rule, (L − 1)·s + 1: 321 px gives 241 and 161, the grids of the paper's models."""
+    return max(1, int((length - 1) * scale) + 1)
+
+
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -44,7 +49,7 @@ class MultiScaleSegmenter(nn.Module):
         logits: list[torch.Tensor] = []
         grid: Sequence[int] | None = None
         for scale in self.scales:
-            xs = x if scale == 1.0 else _resize(x, (max(1, round(height * scale)), max(1, round(width * scale))))
+            xs = x if scale == 1.0 else _resize(x, (scaled_size(height, scale), scaled_size(width, scale)))
             out = self.net(xs)
             if grid is None:
                 grid = out["logits"].shape[-2:]
