@@ -1,0 +1,1 @@
+"""PartCam training: datasets, augmentation, losses and metrics."""

@@ -1,0 +1,114 @@
+"""Confusion matrix, per-class IoU and mIoU, and the loop that scores a model on a dataset.
+
+IoU_c = TP_c / (TP_c + FP_c + FN_c) from a confusion matrix accumulated over the whole set
+(not averaged per image), as in the paper and the datasets' own evaluation code. mIoU is the
+mean over the classes the dataset can score (LIP and CIHP have no bag) whose union is non-empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from engines.backends.base import letterbox
+from engines.tasks import get_task
+
+IGNORE_INDEX = 255
+
+
+def confusion_matrix(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """C×C int64 counts; rows are ground truth, columns predictions. ``ignore_index`` pixels are skipped."""
+    pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+    target = target.cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} != label shape {target.shape}")
+    target = target.astype(np.int64).ravel()
+    pred = pred.astype(np.int64).ravel()
+    keep = (target != ignore_index) & (target >= 0) & (target < num_classes)
+    index = target[keep] * num_classes + np.clip(pred[keep], 0, num_classes - 1)
+    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_per_class(confusion: np.ndarray) -> np.ndarray:
+    """IoU of each class; NaN where the class is neither in the labels nor predicted."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def mean_iou(confusion: np.ndarray, classes: Sequence[int] | None = None) -> float:
+    """Mean IoU over ``classes`` (default all), skipping NaNs; NaN if nothing can be scored."""
+    iou = iou_per_class(confusion)
+    if classes is not None:
+        iou = iou[list(classes)]
+    iou = iou[~np.isnan(iou)]
+    return float(iou.mean()) if iou.size else float("nan")
+
+
+def pixel_accuracy(confusion: np.ndarray) -> float:
+    total = confusion.sum()
+    return float(np.trace(confusion) / total) if total else float("nan")
+
+
+def summarise(confusion: np.ndarray, class_names: Sequence[str], classes: Sequence[int] | None = None) -> dict:
+    """A JSON-ready result: IoU per class name (None where not scored), mIoU, pixel accuracy, matrix."""
+    iou = iou_per_class(confusion)
+    scored = set(range(len(class_names)) if classes is None else classes)
+    return {
+        "miou": mean_iou(confusion, sorted(scored)),
+        "pixel_accuracy": pixel_accuracy(confusion),
+        "iou": {name: (None if i not in scored or np.isnan(iou[i]) else float(iou[i]))
+                for i, name in enumerate(class_names)},
+        "confusion": confusion.astype(int).tolist(),
+    }
+
+
+@torch.no_grad()
+def predict_full_resolution(model: torch.nn.Module, frames: list[np.ndarray], input_size: int,
+                            device: torch.device) -> list[np.ndarray]:
+    """Label maps at each frame's own size: letterbox (the engine's), run, upsample logits, argmax."""
+    pixels, valid = letterbox(frames, input_size, device)
+    logits = model(model.preprocessing.normalise(pixels))["logits"].float()
+    logits = F.interpolate(logits, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    labels = []
+    for index, ((vh, vw), frame) in enumerate(zip(valid, frames)):
+        scores = F.interpolate(logits[index:index + 1, :, :vh, :vw], size=frame.shape[:2], mode="bilinear",
+                               align_corners=False)
+        labels.append(scores.argmax(1)[0].to(torch.uint8).cpu().numpy())
+    return labels
+
+
+def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: torch.device | str = "cpu",
+                   limit: int | None = None, batch_size: int = 1, progress: bool = False) -> dict:
+    """Score ``model`` on ``dataset`` (a ParsingDataset) at full label resolution; see ``summarise``.
+
+    The model is put in eval mode for the loop and put back in the mode it was in.
+    """
+    device = torch.device(device)
+    num_classes = dataset.num_classes
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    batches = range(0, count, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=f"evaluate {dataset.name}", unit="batch", dynamic_ncols=True)
+    try:
+        for start in batches:
+            items = [dataset.read(i) for i in range(start, min(start + batch_size, count))]
+            predictions = predict_full_resolution(model, [rgb for rgb, _ in items], input_size, device)
+            for prediction, (_, labels) in zip(predictions, items):
+                confusion += confusion_matrix(prediction, labels, num_classes)
+    finally:
+        model.train(was_training)
+    result = summarise(confusion, list(get_task(dataset.task).classes), dataset.evaluated_classes)
+    result["images"] = count
+    return result
