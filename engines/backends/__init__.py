@@ -28,6 +28,14 @@ def _openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def _log_auto_choice(choice: str, reasons: list[str]) -> None:
+    """Log what ``auto`` picked and why, once per process (servers build engines repeatedly)."""
+    global _auto_logged
+    if not _auto_logged:
+        log.info("engine auto-selected: %s%s", choice, f" ({'; '.join(reasons)})" if reasons else "")
+        _auto_logged = True
+
+
 def create_engine(
     path_or_model: str | os.PathLike | torch.nn.Module,
     backend: str = "auto",
@@ -44,7 +52,6 @@ def create_engine(
     (tensorrt, then cuda, then openvino, then cpu).
     A backend that cannot run here raises ``BackendUnavailable`` naming what is missing.
     """
-    global _auto_logged
     if backend not in BACKENDS:
         raise KeyError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if isinstance(path_or_model, (str, os.PathLike, Path)):
@@ -56,30 +63,22 @@ def create_engine(
         input_size = meta.input_size if meta else 321
 
     if backend == "auto":
-        choice, reasons = "cpu", []
+        reasons: list[str] = []
         if torch.cuda.is_available():
-            choice = "cuda"
+            # tensorrt only where a matching engine was built; otherwise say why and use cuda.
             try:
-                import torch_tensorrt  # noqa: F401
-
-                choice = "tensorrt"
-            except ImportError:
-                reasons.append("torch-tensorrt not installed")
+                engine = _tensorrt_engine(model, input_size, engine_path=engine_path, precision=precision)
+                _log_auto_choice("tensorrt", reasons)
+                return engine
+            except (BackendUnavailable, ValueError) as exc:
+                reasons.append(f"tensorrt: {exc}")
+            backend = "cuda"
         else:
             reasons.append("no CUDA GPU visible")
-            choice = "openvino" if _openvino_installed() else "cpu"
-            if choice == "cpu":
+            backend = "openvino" if _openvino_installed() else "cpu"
+            if backend == "cpu":
                 reasons.append("openvino not installed")
-        if not _auto_logged:
-            log.info("engine auto-selected: %s%s", choice, f" ({'; '.join(reasons)})" if reasons else "")
-            _auto_logged = True
-        backend = choice
-        if backend == "tensorrt":
-            try:
-                return _tensorrt_engine(model, input_size, engine_path=engine_path, precision=precision)
-            except BackendUnavailable as exc:
-                log.warning("tensorrt unavailable (%s); using cuda", exc)
-                backend = "cuda"
+        _log_auto_choice(backend, reasons)
 
     if backend == "openvino":
         from .openvino import OpenVinoEngine

@@ -1,18 +1,235 @@
-"""TensorRT through torch-tensorrt (compiled ahead of time by scripts/build_engine.py)."""
+"""TensorRT through torch-tensorrt: programs compiled ahead of time by scripts/build_engine.py.
+
+Each program is compiled for one static shape (batch × 3 × size × size), which is what
+lets TensorRT pick its fastest kernels and fuse the whole multi-scale graph. The engine
+loads every build that matches this model, input size and precision, and runs each call
+on the smallest build that holds the frames (padding the rest), so a server that built
+batches 1 and 4 serves one phone or four without recompiling.
+"""
 
 from __future__ import annotations
 
-from .base import BackendUnavailable
+import dataclasses
+import inspect
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..optimize import fuse_conv_bn
+from .base import BackendUnavailable, Engine, log
 from .cuda import require_cuda
+from .engine_cache import (
+    PRECISIONS,
+    PROGRAM_FILE,
+    EngineKey,
+    built_batches,
+    check_key,
+    default_cache_dir,
+    make_key,
+    read_key,
+    rebuild_command,
+)
+
+_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
-class TensorRTEngine:
-    def __init__(self, model, input_size: int, *, engine_path=None, precision: str = "fp16") -> None:
+class TupleOutputs(torch.nn.Module):
+    """The network with tensors out instead of a dict: (logits,) or (logits, attention).
+
+    Export and TensorRT want flat tensor outputs; the attention output only exists for
+    ``merge="attention"``, so the arity is fixed at construction.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.has_attention = getattr(model, "config", {}).get("merge") == "attention"
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(x)
+        if self.has_attention:
+            return out["logits"], out["attention"]
+        return (out["logits"],)
+
+
+def import_torch_tensorrt():
+    """Import torch-tensorrt or raise BackendUnavailable saying what is missing."""
+    try:
+        import torch_tensorrt
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or "torch_tensorrt"
+        raise BackendUnavailable(
+            f"the tensorrt backend needs torch-tensorrt and the TensorRT libraries ({missing} is not importable); "
+            "on an NVIDIA server: pip install -r requirements-gpu.txt"
+        ) from None
+    except OSError as exc:  # the wheel imports but a shared library (libnvinfer, CUDA) does not load
+        raise BackendUnavailable(f"torch-tensorrt is installed but cannot load its libraries ({exc})") from None
+    return torch_tensorrt
+
+
+def _tensorrt_major() -> int:
+    try:
+        import tensorrt
+
+        return int(tensorrt.__version__.split(".")[0])
+    except (ImportError, ValueError, AttributeError):
+        return 0
+
+
+def compile_program(model: torch.nn.Module, input_size: int, batch: int, precision: str,
+                    device: torch.device | str = "cuda"):
+    """Compile ``model`` with torch-tensorrt's dynamo path for one static input shape.
+
+    fp16 is expressed in the graph itself (fp16 weights and input): TensorRT 11, which
+    torch-tensorrt 2.13 uses, only builds strongly typed networks, so the old
+    ``enabled_precisions`` switch is used only where an older TensorRT still needs it.
+    Returns (compiled module, example input).
+    """
+    torch_tensorrt = import_torch_tensorrt()
+    dtype = _DTYPES[precision]
+    device = torch.device(device)
+    module = TupleOutputs(fuse_conv_bn(model)).to(device=device, dtype=dtype).eval()
+    example = torch.randn(batch, 3, input_size, input_size, device=device, dtype=dtype)
+    with torch.no_grad():
+        exported = torch.export.export(module, (example,))
+    settings: dict = {
+        "arg_inputs": [torch_tensorrt.Input(shape=tuple(example.shape), dtype=dtype)],
+        "device": device,
+        "min_block_size": 1,
+        "require_full_compilation": False,
+    }
+    parameters = inspect.signature(torch_tensorrt.dynamo.compile).parameters
+    if "use_explicit_typing" in parameters:
+        settings["use_explicit_typing"] = True
+    elif precision == "fp16" and _tensorrt_major() < 11:
+        settings["enabled_precisions"] = {torch.half}
+    settings = {k: v for k, v in settings.items() if k in parameters or "kwargs" in parameters}
+    compiled = torch_tensorrt.dynamo.compile(exported, **settings)
+    return compiled, example
+
+
+def save_program(compiled, folder: str | os.PathLike, example: torch.Tensor) -> Path:
+    """Save a compiled program as an exported program (needs torch-tensorrt's C++ runtime to load)."""
+    torch_tensorrt = import_torch_tensorrt()
+    path = Path(folder) / PROGRAM_FILE
+    torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=[example])
+    return path
+
+
+def load_program(folder: str | os.PathLike) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """Load a saved program as a callable module."""
+    torch_tensorrt = import_torch_tensorrt()
+    loaded = torch_tensorrt.load(str(Path(folder) / PROGRAM_FILE))
+    return loaded.module() if hasattr(loaded, "module") else loaded
+
+
+def _engine_folder(engine_path: str | os.PathLike) -> Path:
+    path = Path(engine_path)
+    return path.parent if path.name == PROGRAM_FILE else path
+
+
+def plan_chunks(frames: int, batches: list[int]) -> list[tuple[int, int]]:
+    """Split ``frames`` into (frames in chunk, compiled batch to run it on) pairs.
+
+    Each chunk runs on the smallest compiled batch that holds it; beyond the largest, full
+    chunks of the largest batch. Padding is the price of static shapes, kept minimal.
+    """
+    if frames < 1 or not batches:
+        return []
+    batches = sorted(set(batches))
+    plan, left = [], frames
+    while left > 0:
+        fitting = [b for b in batches if b >= left]
+        run = fitting[0] if fitting else batches[-1]
+        take = min(left, run)
+        plan.append((take, run))
+        left -= take
+    return plan
+
+
+class TensorRTEngine(Engine):
+    """Runs programs built by scripts/build_engine.py; CNN time comes from CUDA events."""
+
+    name = "tensorrt"
+    timing_label = "GPU time"
+    batching_helps = True
+
+    def __init__(self, model: torch.nn.Module, input_size: int, *, engine_path: str | os.PathLike | None = None,
+                 precision: str = "fp16", batch: int | None = None, cache_dir: str | os.PathLike | None = None,
+                 device: str | torch.device = "cuda") -> None:
         require_cuda()
-        try:
-            import torch_tensorrt  # noqa: F401
-        except ImportError:
+        import_torch_tensorrt()
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown TensorRT precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.precision = precision
+        self.dtype = _DTYPES[precision]
+        device = torch.device(device)
+        super().__init__(model, input_size, device)
+        self._programs: dict[int, Callable] = {}
+        started = time.perf_counter()
+        for folder, key in self._matching_builds(model, engine_path, batch, cache_dir):
+            self._programs[key.batch] = load_program(folder)
+            log.info("TensorRT program loaded: %s", folder)
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        log.info("TensorRT engine on %s, %s, batches %s, ready in %.1f s", self.device_name, precision,
+                 sorted(self._programs), time.perf_counter() - started)
+
+    def _matching_builds(self, model, engine_path, batch, cache_dir) -> list[tuple[Path, EngineKey]]:
+        """The builds to load, each checked against this machine's key; stale ones are refused."""
+        expected = make_key(model, input_size=self.input_size, batch=batch or 1, precision=self.precision,
+                            gpu=torch.cuda.get_device_name(self.device))
+        if engine_path is not None:
+            folder = _engine_folder(engine_path)
+            if not (folder / PROGRAM_FILE).is_file():
+                raise BackendUnavailable(f"no TensorRT program at {folder / PROGRAM_FILE}; "
+                                         f"build one with: {rebuild_command(expected)}")
+            found = read_key(folder)
+            wanted = expected if batch else dataclasses.replace(expected, batch=found.batch)
+            check_key(wanted, found, folder)
+            return [(folder, found)]
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        batches = [batch] if batch else built_batches(root, expected)
+        builds = []
+        for size in batches:
+            wanted = dataclasses.replace(expected, batch=size)
+            folder = root / wanted.folder_name
+            if not (folder / PROGRAM_FILE).is_file():
+                continue
+            check_key(wanted, read_key(folder), folder)
+            builds.append((folder, wanted))
+        if not builds:
             raise BackendUnavailable(
-                "the tensorrt backend needs torch-tensorrt (pip install -r requirements-gpu.txt on an NVIDIA server)"
-            ) from None
-        raise BackendUnavailable("the tensorrt backend is not built yet")
+                f"no TensorRT engine built for this {expected.backbone}/{expected.merge} checkpoint at "
+                f"{self.input_size} px, {self.precision}, in {root}; build one with: {rebuild_command(expected)}")
+        return builds
+
+    @property
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device)
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update(precision=self.precision, batches=sorted(self._programs))
+        return info
+
+    def _forward(self, batch):
+        batch = batch.to(self.dtype).contiguous()
+        logits, attention, offset = [], [], 0
+        self._start.record()
+        for take, run in plan_chunks(batch.shape[0], list(self._programs)):
+            chunk = batch[offset:offset + take]
+            if take < run:  # static shapes: pad with blank frames, drop their outputs below
+                chunk = torch.cat([chunk, chunk.new_zeros((run - take, *chunk.shape[1:]))])
+            outputs = self._programs[run](chunk)
+            logits.append(outputs[0][:take])
+            if len(outputs) > 1:
+                attention.append(outputs[1][:take])
+            offset += take
+        self._end.record()
+        self._end.synchronize()
+        cnn_ms = self._start.elapsed_time(self._end)
+        return torch.cat(logits), (torch.cat(attention) if attention else None), cnn_ms
