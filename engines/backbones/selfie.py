@@ -1,0 +1,215 @@
+"""MediaPipe selfie segmentation in PyTorch: a person-aware encoder pretrained on real photos.
+
+The network is the general-purpose selfie segmenter shipped in npm ``@mediapipe/selfie_segmentation``
+(``selfie_segmentation.tflite``, Apache-2.0): a MobileNetV3-style encoder, an LR-ASPP-style pooling
+branch and a three-stage decoder that ends in a person logit. This is a hand-written PyTorch version
+of that graph. It reproduces the original at 256×256 and runs at any input size: the graph's
+fixed-size global pools become means over the actual feature map, its fixed-size upsamplings resize
+to the skip connection's size, and TensorFlow's "SAME" padding is computed from the input size.
+
+Weights: ``selfie_encoder()`` builds random weights, which is what loading a checkpoint needs.
+Training starts from the pretrained weights with :func:`load_selfie_weights`, which converts
+the ``.tflite`` once (``engines.backbones.selfie_convert``) and caches the result under ``.cache/``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..preprocessing import UNIT_RANGE
+from . import BackboneSpec
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's "SAME" padding, which is asymmetric for strided layers.
+
+    For stride 2 on an even-sized input TensorFlow pads only the bottom/right; PyTorch's symmetric
+    padding would shift every feature by half a pixel and the port would not match the original.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        padding = (kernel - 1) // 2 if stride == 1 else 0
+        super().__init__(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride[0] > 1:
+            pads: list[int] = []
+            for size, kernel, stride in ((x.shape[-1], self.kernel_size[1], self.stride[1]),
+                                         (x.shape[-2], self.kernel_size[0], self.stride[0])):
+                out = -(-int(size) // stride)
+                total = max((out - 1) * stride + kernel - int(size), 0)
+                pads += [total // 2, total - total // 2]
+            x = F.pad(x, pads)
+        return super().forward(x)
+
+
+def _activation(name: str) -> nn.Module:
+    return {"relu": nn.ReLU(), "hardswish": nn.Hardswish()}[name]
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gate from the global mean: ``x · sigmoid(expand(relu(reduce(mean(x)))))``."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean(dim=(2, 3), keepdim=True)
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(scale))))
+
+
+class InvertedResidual(nn.Module):
+    """Expand (1×1) → depthwise → optional squeeze-excite → project (1×1, linear) [+ input]."""
+
+    def __init__(self, in_ch: int, expanded: int, out_ch: int, kernel: int, stride: int,
+                 activation: str, squeeze: int | None) -> None:
+        super().__init__()
+        self.expand = SameConv2d(in_ch, expanded, 1)
+        self.expand_act = _activation(activation)
+        self.depthwise = SameConv2d(expanded, expanded, kernel, stride, groups=expanded)
+        self.depthwise_act = _activation(activation)
+        self.se = SqueezeExcite(expanded, squeeze) if squeeze else nn.Identity()
+        self.project = SameConv2d(expanded, out_ch, 1)
+        self.use_residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.depthwise_act(self.depthwise(self.expand_act(self.expand(x))))
+        y = self.project(self.se(y))
+        return x + y if self.use_residual else y
+
+
+class PoolingBranch(nn.Module):
+    """LR-ASPP-style top: ``relu(conv(x)) · sigmoid(gate(mean(x)))``."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 1)
+        self.gate = nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x)) * torch.sigmoid(self.gate(x.mean(dim=(2, 3), keepdim=True)))
+
+
+class DecoderStage(nn.Module):
+    """Upsample ×2, project, fuse with a skip through a gated sum, then a residual depthwise block."""
+
+    def __init__(self, in_ch: int, skip_ch: int) -> None:
+        super().__init__()
+        self.project = nn.Conv2d(in_ch, skip_ch, 1)
+        self.attention = SqueezeExcite(skip_ch, skip_ch)
+        self.pointwise = nn.Conv2d(skip_ch, skip_ch, 1)
+        self.depthwise = nn.Conv2d(skip_ch, skip_ch, 3, padding=1, groups=skip_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        # Resize to the skip's size (the original hard-codes 2×, which is the same only for even sizes).
+        up = self.project(F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False))
+        summed = skip + up
+        gate = torch.sigmoid(self.attention.expand(F.relu(self.attention.reduce(
+            summed.mean(dim=(2, 3), keepdim=True)))))
+        fused = F.relu(self.pointwise(skip * gate + up))
+        return fused + F.relu(self.depthwise(fused))
+
+
+class SelfieSegmentation(nn.Module):
+    """The selfie-segmentation network; ``forward`` returns the features a segmentation head needs.
+
+    ``forward(x)`` with ``x`` RGB in [0, 1] returns ``{"out": 128 channels at stride 16,
+    "low": 24 channels at stride 8, "mask": the person logit before the sigmoid}``. The mask has
+    twice the stride-2 grid's size: the input size when it is even, one pixel more when odd.
+    ``low="decoder"`` (default) takes the decoder's stride-8 features, which already combine the
+    deep context with the skip; ``low="encoder"`` takes the encoder's own stride-8 block.
+    """
+
+    def __init__(self, low: str = "decoder") -> None:
+        super().__init__()
+        if low not in ("decoder", "encoder"):
+            raise ValueError(f"low must be 'decoder' or 'encoder', got {low!r}")
+        self.low_source = low
+        # Declaration order matters: the converter assigns the original's layers in this order.
+        self.stem = SameConv2d(3, 16, 3, stride=2)
+        self.blocks = nn.ModuleList([
+            InvertedResidual(16, 16, 16, 3, 2, "relu", 8),
+            InvertedResidual(16, 72, 24, 3, 2, "relu", None),
+            InvertedResidual(24, 88, 24, 3, 1, "relu", None),
+            InvertedResidual(24, 96, 32, 5, 2, "hardswish", 24),
+            InvertedResidual(32, 128, 32, 5, 1, "hardswish", 32),
+            InvertedResidual(32, 128, 32, 5, 1, "hardswish", 32),
+            InvertedResidual(32, 96, 32, 5, 1, "hardswish", 24),
+            InvertedResidual(32, 96, 32, 5, 1, "hardswish", 24),
+        ])
+        self.pooling = PoolingBranch(32, 128)
+        self.decoder = nn.ModuleList([DecoderStage(128, 24), DecoderStage(24, 16), DecoderStage(16, 16)])
+        self.segment = nn.ConvTranspose2d(16, 1, 2, stride=2)
+        self.channels = {"out": 128, "low": 24, "mask": 1}
+        self.output_stride = 16
+
+    def named_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every tensor worth comparing with the original, under the original graph's names."""
+        stem = F.hardswish(self.stem(x))
+        y = stem
+        skips: dict[int, torch.Tensor] = {}
+        for index, block in enumerate(self.blocks):
+            y = block(y)
+            skips[index] = y
+        deep = self.pooling(y)
+        d8 = self.decoder[0](deep, skips[2])
+        d4 = self.decoder[1](d8, skips[0])
+        d2 = self.decoder[2](d4, stem)
+        return {
+            "h_swish": stem,
+            "conv2d_4": skips[0],
+            "add__xeno_compat__1": skips[2],
+            "add_4__xeno_compat__1": y,
+            "multiply_6": deep,
+            "add_7__xeno_compat__1": d8,
+            "add_10__xeno_compat__1": d4,
+            "add_13__xeno_compat__1": d2,
+            "segment": self.segment(d2),
+        }
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        named = self.named_features(x)
+        low = named["add_7__xeno_compat__1" if self.low_source == "decoder" else "add__xeno_compat__1"]
+        return {"out": named["multiply_6"], "low": low, "mask": named["segment"]}
+
+
+def selfie_encoder(*, low: str = "decoder", pretrained: bool = False) -> SelfieSegmentation:
+    """Build the selfie-segmentation backbone.
+
+    Weights are random unless ``pretrained``. Training code should call :func:`load_selfie_weights`
+    on the built model instead of passing ``pretrained=True`` through ``build_model``: the model's
+    config records its backbone kwargs, and a checkpoint saved with ``pretrained=True`` would need
+    the npm package again just to be loaded, although the checkpoint holds every weight.
+    """
+    model = SelfieSegmentation(low=low)
+    if pretrained:
+        load_selfie_weights(model)
+    return model
+
+
+def load_selfie_weights(module: nn.Module) -> SelfieSegmentation:
+    """Load the converted MediaPipe weights into ``module`` (a SelfieSegmentation or a model holding one).
+
+    The first call converts ``node_modules/@mediapipe/selfie_segmentation/selfie_segmentation.tflite``
+    (installed by ``npm ci``) and caches it under ``.cache/``. Returns the backbone it loaded.
+    """
+    from .selfie_convert import load_or_convert  # the converter needs the TFLite runtime; import it late
+
+    backbone = next((m for m in module.modules() if isinstance(m, SelfieSegmentation)), None)
+    if backbone is None:
+        raise TypeError(f"{type(module).__name__} holds no SelfieSegmentation backbone")
+    backbone.load_state_dict(load_or_convert())
+    return backbone
+
+
+SPEC = BackboneSpec(
+    builder=selfie_encoder,
+    preprocessing=UNIT_RANGE,
+    head="light",
+    attention_width=64,
+    description="MediaPipe selfie segmentation (real-photo pretrained), output stride 16, person mask",
+)
