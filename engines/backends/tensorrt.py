@@ -10,6 +10,7 @@ batches 1 and 4 serves one phone or four without recompiling.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import os
 import time
@@ -20,7 +21,6 @@ import torch
 
 from ..optimize import fuse_conv_bn
 from .base import BackendUnavailable, Engine, log
-from .cuda import require_cuda
 from .engine_cache import (
     PRECISIONS,
     PROGRAM_FILE,
@@ -68,6 +68,25 @@ def import_torch_tensorrt():
     except OSError as exc:  # the wheel imports but a shared library (libnvinfer, CUDA) does not load
         raise BackendUnavailable(f"torch-tensorrt is installed but cannot load its libraries ({exc})") from None
     return torch_tensorrt
+
+
+def missing_requirements() -> list[str]:
+    """What this machine lacks for TensorRT, in words (empty when it has everything)."""
+    missing = []
+    if not torch.cuda.is_available():
+        build = "CPU-only" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        missing.append(f"an NVIDIA GPU visible to torch (this torch {torch.__version__} is {build} and sees none)")
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        missing.append("torch-tensorrt with the TensorRT libraries (pip install -r requirements-gpu.txt)")
+    return missing
+
+
+def require_tensorrt() -> None:
+    """Raise one BackendUnavailable naming everything TensorRT lacks here."""
+    missing = missing_requirements()
+    if missing:
+        raise BackendUnavailable(f"the tensorrt backend needs {' and '.join(missing)}")
+    import_torch_tensorrt()
 
 
 def _tensorrt_major() -> int:
@@ -160,8 +179,7 @@ class TensorRTEngine(Engine):
     def __init__(self, model: torch.nn.Module, input_size: int, *, engine_path: str | os.PathLike | None = None,
                  precision: str = "fp16", batch: int | None = None, cache_dir: str | os.PathLike | None = None,
                  device: str | torch.device = "cuda") -> None:
-        require_cuda()
-        import_torch_tensorrt()
+        require_tensorrt()
         if precision not in PRECISIONS:
             raise ValueError(f"unknown TensorRT precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         self.precision = precision
