@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,10 @@ def _interpreter(path: Path, preserve_all_tensors: bool = False, num_threads: in
     except ImportError as error:
         raise ImportError("converting the selfie model needs ai-edge-litert (requirements-dev.txt)") from error
     # The default XNNPACK delegate is also what implements MediaPipe's custom transposed convolution.
-    interpreter = Interpreter(str(_require(path)), experimental_preserve_all_tensors=preserve_all_tensors,
-                              num_threads=num_threads)
+    with warnings.catch_warnings():  # preserving all tensors is what the comparison wants, not a mistake
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = Interpreter(str(_require(path)), experimental_preserve_all_tensors=preserve_all_tensors,
+                                  num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
 
@@ -171,8 +174,6 @@ def sample_inputs(count: int = 2, size: int = INPUT_SIZE) -> np.ndarray:
         images.append(np.stack([np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp[::-1]),
                                 np.full((size, size), 0.1 * phase % 1.0, np.float32)], axis=-1))
     return np.stack(images[:count]).astype(np.float32)
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
