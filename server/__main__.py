@@ -1,0 +1,137 @@
+"""``python -m server``: load the models, print where to point the phone, and serve.
+
+HTTPS on every address by default (phones only give a camera to secure pages); ``--http``
+serves plain HTTP, which a browser on this machine (http://localhost) may still use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import warnings
+
+ASYNC_MODES = ("eventlet", "threading")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m server", description="PartCam live human-parsing demo server.")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 8443 with HTTPS, 8080 with --http)")
+    parser.add_argument("--engine", default="auto", choices=("auto", "cpu", "openvino", "cuda", "tensorrt"),
+                        help="runtime; auto takes tensorrt, cuda, openvino, then cpu")
+    parser.add_argument("--parts", metavar="CKPT", help="parts checkpoint (default models/parts.safetensors)")
+    parser.add_argument("--clothes", metavar="CKPT", help="clothes checkpoint (default models/clothes.safetensors)")
+    parser.add_argument("--input-size", type=int, default=None, help="network input size (default: the model's)")
+    parser.add_argument("--http", action="store_true", help="plain HTTP (phones get no camera; for localhost)")
+    parser.add_argument("--cert", help="TLS certificate (PEM); default: a cached self-signed one")
+    parser.add_argument("--key", help="TLS private key (PEM) for --cert")
+    parser.add_argument("--token", help="refuse Socket.IO connections that do not present this token")
+    parser.add_argument("--async-mode", default="eventlet", choices=ASYNC_MODES, help="server concurrency model")
+    parser.add_argument("--max-frame-mb", type=float, default=4.0, help="largest accepted frame in MB (default 4)")
+    parser.add_argument("--log-requests", action="store_true", help="log every HTTP request")
+    args = parser.parse_args(argv)
+    if bool(args.cert) != bool(args.key):
+        parser.error("--cert and --key go together")
+    if args.port is None:
+        args.port = 8080 if args.http else 8443
+    return args
+
+
+def page_urls(scheme: str, host: str, port: int, token: str | None) -> list[str]:
+    """The URLs to print: each LAN address when listening on all of them, else the given host."""
+    from urllib.parse import quote
+
+    from .certs import lan_addresses
+
+    hosts = (lan_addresses() or ["127.0.0.1"]) if host in ("0.0.0.0", "") else [host]
+    if scheme == "http":
+        hosts = ["localhost", *hosts]
+    suffix = f"/?token={quote(token)}" if token else "/"
+    return [f"{scheme}://{h}:{port}{suffix}" for h in hosts]
+
+
+def print_qr(url: str) -> None:
+    import qrcode
+
+    qr = qrcode.QRCode(border=1, error_correction=qrcode.constants.ERROR_CORRECT_L)
+    qr.add_data(url)
+    qr.print_ascii(out=sys.stdout, invert=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.async_mode == "eventlet":
+        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")  # a known, chosen default
+        import eventlet
+
+        eventlet.monkey_patch()  # before anything else opens sockets or threads
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from .app import ServerSettings, create_server
+
+    settings = ServerSettings(engine=args.engine, parts=args.parts, clothes=args.clothes, input_size=args.input_size,
+                              token=args.token, async_mode=args.async_mode,
+                              max_frame_bytes=int(args.max_frame_mb * 1024 * 1024))
+    server = create_server(settings)
+    cert = key = None
+    if not args.http:
+        if args.cert:
+            cert, key = args.cert, args.key
+        else:
+            from .certs import ensure_certificate
+
+            cert, key = map(str, ensure_certificate())
+    scheme = "http" if args.http else "https"
+    urls = page_urls(scheme, args.host, args.port, args.token)
+
+    untrained = [task for task, engine in server.engines.items() if not engine.trained]
+    print("\nPartCam is starting.", flush=True)
+    if untrained:
+        print(f"  NOTE: the {' and '.join(untrained)} model(s) are UNTRAINED (random weights): overlays are noise.")
+    for task, engine in server.engines.items():
+        print(f"  {task}: {engine.name} on {engine.device_name}, input {engine.input_size} px")
+    print("\nOpen on a phone on the same Wi-Fi:")
+    for url in urls:
+        print(f"  {url}")
+    if scheme == "https":
+        print("  (the certificate is self-signed: accept the browser's warning once)")
+    else:
+        print("  (plain HTTP: only http://localhost gets a camera; drop --http for phones)")
+    print_qr(urls[1] if scheme == "http" and len(urls) > 1 else urls[0])
+    sys.stdout.flush()
+
+    if args.async_mode == "eventlet":
+        serve_eventlet(server.app, args.host, args.port, cert, key, args.log_requests)
+    else:
+        serve_threading(server.app, args.host, args.port, cert, key)
+
+
+def serve_eventlet(app, host: str, port: int, cert: str | None, key: str | None, log_requests: bool) -> None:
+    import eventlet
+    import eventlet.wsgi
+
+    listener = eventlet.listen((host, port))
+    # Without this each binary Socket.IO message waits ~40 ms for Nagle + delayed ACK;
+    # accepted connections inherit the option from the listening socket.
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if cert:
+        from eventlet.green import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        listener = context.wrap_socket(listener, server_side=True)
+    eventlet.wsgi.server(listener, app, log_output=log_requests, socket_timeout=60)
+
+
+def serve_threading(app, host: str, port: int, cert: str | None, key: str | None) -> None:
+    from werkzeug.serving import make_server
+
+    server = make_server(host, port, app, threaded=True, ssl_context=(cert, key) if cert else None)
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Flask + Flask-SocketIO: the phone page, the JSON endpoints and the Socket.IO events.
+
+Handlers are named after their events and only check input and hand frames on; all heavy
+work happens in ``server.inference`` off the event loop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, abort, jsonify, request, send_file, send_from_directory
+from flask_socketio import SocketIO, emit
+
+from engines import Engine, build_model, create_engine
+from engines import __version__ as engines_version
+from engines.tasks import TASKS
+
+from .codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, FrameError, check_image_bytes, open_image
+from .inference import VIEWS, FrameJob, InferenceService, Outcome
+from .overlay import DEFAULT_OPACITY, scale_colours
+
+log = logging.getLogger("partcam.server")
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_DIR = ROOT / "client_web"
+MODELS_DIR = ROOT / "models"
+SOCKETIO_JS = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+VERSION = engines_version
+
+
+@dataclass
+class ServerSettings:
+    """Everything that shapes the server's behaviour; the CLI fills it in."""
+
+    engine: str = "auto"
+    parts: str | None = None
+    clothes: str | None = None
+    input_size: int | None = None
+    token: str | None = None
+    async_mode: str = "eventlet"
+    max_frame_bytes: int = DEFAULT_MAX_BYTES
+    max_side: int = DEFAULT_MAX_SIDE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    jpeg_quality: int = 80
+
+    @property
+    def max_message_bytes(self) -> int:
+        # Socket.IO drops the whole connection above this, with no message the page can show, so
+        # leave room for frames a little over the frame limit: those get a clear "image_too_large".
+        return 2 * self.max_frame_bytes + 64 * 1024
+
+
+def load_engines(settings: ServerSettings) -> dict[str, Engine]:
+    """One engine per task: the checkpoint given, else the shipped model, else an untrained one."""
+    engines: dict[str, Engine] = {}
+    for task in TASKS:
+        given = getattr(settings, task)
+        shipped = MODELS_DIR / f"{task}.safetensors"
+        source: Any
+        if given:
+            source = given
+        elif shipped.exists():
+            source = shipped
+        else:
+            log.warning("no trained %s model at %s: serving an UNTRAINED network (random weights)", task, shipped)
+            source = build_model(task=task, backbone="mobilenetv3_large", merge="attention")
+        started = time.perf_counter()
+        engines[task] = create_engine(source, backend=settings.engine, input_size=settings.input_size, task=task)
+        log.info("%s: %s engine on %s, input %d px, loaded in %.1f s", task, engines[task].name,
+                 engines[task].device_name, engines[task].input_size, time.perf_counter() - started)
+    return engines
+
+
+def _engine_info(engine: Engine) -> dict:
+    info = engine.describe()
+    info["attention"] = engine.merge == "attention"
+    info["scale_colours"] = scale_colours(len(engine.scales)).tolist()
+    return info
+
+
+def _run_blocking(async_mode: str):
+    if async_mode == "eventlet":
+        from eventlet import tpool
+
+        return tpool.execute
+    return None  # threading mode: the dispatcher is already a real thread
+
+
+
+
+def _check_frame_message(message: Any, engines: dict[str, Engine]) -> tuple[int, str, str, float, Any]:
+    """Validate a ``frame`` message's fields; raises FrameError naming the first problem."""
+    if not isinstance(message, dict):
+        raise FrameError("invalid_frame", "a frame must be an object {id, task, image, view}")
+    frame_id = message.get("id")
+    if isinstance(frame_id, bool) or not isinstance(frame_id, int):
+        raise FrameError("invalid_frame", "'id' must be an integer")
+    task = message.get("task")
+    if not isinstance(task, str):
+        raise FrameError("invalid_frame", "'task' must be a string")
+    if task not in engines:
+        raise FrameError("unknown_task", f"unknown task {task[:40]!r}; this server runs: {', '.join(engines)}")
+    view = message.get("view", "overlay")
+    if view not in VIEWS:
+        raise FrameError("invalid_frame", f"'view' must be one of: {', '.join(VIEWS)}")
+    if view == "attention" and engines[task].merge != "attention":
+        raise FrameError("attention_unavailable", f"the {task} model has no scale attention to show")
+    opacity = message.get("opacity", DEFAULT_OPACITY)
+    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not math.isfinite(opacity):
+        raise FrameError("invalid_frame", "'opacity' must be a number from 0 to 1")
+    if "image" not in message:
+        raise FrameError("invalid_frame", "'image' is missing")
+    return frame_id, task, view, min(max(float(opacity), 0.0), 1.0), message["image"]
+
+
+class PartCamServer:
+    """The Flask app, its Socket.IO server and the inference service, wired together."""
+
+    def __init__(self, settings: ServerSettings, engines: dict[str, Engine] | None = None) -> None:
+        self.settings = settings
+        self.engines = engines if engines is not None else load_engines(settings)
+        self.app = Flask(__name__, static_folder=str(CLIENT_DIR), static_url_path="/static")
+        self.app.config["SEND_FILE_MAX_AGE_DEFAULT"] = 0  # the page and its code change together
+        self.socketio = SocketIO(self.app, async_mode=settings.async_mode,
+                                 max_http_buffer_size=settings.max_message_bytes)
+        self.clients: set[str] = set()
+        eio = self.socketio.server.eio
+        self.service = InferenceService(
+            self.engines, deliver=self._deliver, spawn=self.socketio.start_background_task,
+            create_event=eio.create_event, run_blocking=_run_blocking(settings.async_mode),
+            max_side=settings.max_side, max_pixels=settings.max_pixels, jpeg_quality=settings.jpeg_quality)
+        self._register_routes()
+        self._register_events()
+        if not SOCKETIO_JS.exists():
+            log.warning("%s is missing: run `npm ci` (the page cannot connect without it)", SOCKETIO_JS)
+
+    # --- HTTP -------------------------------------------------------------------------------
+    def info(self) -> dict:
+        first = next(iter(self.engines.values()))
+        return {
+            "name": "PartCam",
+            "version": VERSION,
+            "engine": first.name,
+            "device": first.device_name,
+            "timing": first.timing_label,
+            "input_size": first.input_size,
+            "trained": all(engine.trained for engine in self.engines.values()),
+            "tasks": {task: {**TASKS[task].to_dict(), "model": _engine_info(engine)}
+                      for task, engine in self.engines.items()},
+            "views": list(VIEWS),
+            "max_frame_bytes": self.settings.max_frame_bytes,
+            "token_required": bool(self.settings.token),
+        }
+
+    def _register_routes(self) -> None:
+        app = self.app
+
+        @app.get("/")
+        def index():
+            return send_from_directory(CLIENT_DIR, "index.html")
+
+        @app.get("/vendor/socket.io.min.js")
+        def socketio_client():
+            if not SOCKETIO_JS.exists():
+                abort(404, description="socket.io client missing on the server: run `npm ci` in the project folder")
+            return send_file(SOCKETIO_JS, mimetype="text/javascript")
+
+        @app.get("/api/info")
+        def api_info():
+            return jsonify(self.info())
+
+        @app.get("/healthz")
+        def healthz():
+            return jsonify({"status": "ok", "clients": len(self.clients), "waiting_frames": len(self.service.queue),
+                            "frames_done": self.service.frames_done, "errors": self.service.errors})
+
+        @app.after_request
+        def no_sniffing(response):
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            return response
+
+    # --- Socket.IO --------------------------------------------------------------------------
+    def _register_events(self) -> None:
+        socketio = self.socketio
+
+        @socketio.on("connect")
+        def handle_connect(auth=None):
+            if self.settings.token:
+                given = auth.get("token") if isinstance(auth, dict) else None
+                if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.settings.token.encode()):
+                    log.info("refused a connection without the right token from %s", request.remote_addr)
+                    raise ConnectionRefusedError("access token missing or wrong: open the link the server printed")
+            self.clients.add(request.sid)
+            self.service.start()
+
+        @socketio.on("disconnect")
+        def handle_disconnect(reason=None):
+            self.clients.discard(request.sid)
+            self.service.forget(request.sid)
+
+        @socketio.on("frame")
+        def handle_frame(message):
+            received = time.perf_counter()
+            frame_id = message.get("id") if isinstance(message, dict) else None
+            try:
+                frame_id, task, view, opacity, image = _check_frame_message(message, self.engines)
+                data = check_image_bytes(image, self.settings.max_frame_bytes)
+                open_image(data, self.settings.max_side, self.settings.max_pixels)  # header only
+            except FrameError as error:
+                emit("error", _error_payload(frame_id, error))
+                return
+            self.service.submit(FrameJob(request.sid, frame_id, task, view, opacity, data, received=received))
+
+    def _deliver(self, outcome: Outcome) -> None:
+        sid = outcome.job.sid
+        if sid not in self.clients:
+            return  # the client left while its frame was running
+        if outcome.error is not None:
+            self.socketio.emit("error", _error_payload(outcome.job.frame_id, outcome.error), to=sid)
+            return
+        result = outcome.result
+        result["server_ms"] = round((time.perf_counter() - outcome.job.received) * 1000.0, 2)
+        self.socketio.emit("result", result, to=sid)
+
+
+def _error_payload(frame_id: Any, error: FrameError) -> dict:
+    payload: dict[str, Any] = {"code": error.code, "message": error.message}
+    if isinstance(frame_id, int) and not isinstance(frame_id, bool):
+        payload["id"] = frame_id
+    return payload
+
+
+def create_server(settings: ServerSettings | None = None, engines: dict[str, Engine] | None = None) -> PartCamServer:
+    """Build the whole server; pass ``engines`` to skip loading models (tests do)."""
+    return PartCamServer(settings or ServerSettings(), engines)

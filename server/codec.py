@@ -1,0 +1,80 @@
+"""Bytes in, pixels out, and back: image decoding with limits checked before the pixels are touched."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+# Formats a phone or a script may send. Anything else is refused before a decoder runs.
+ACCEPTED_FORMATS = ("JPEG", "PNG")
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_SIDE = 4096
+DEFAULT_MAX_PIXELS = 4096 * 3072
+
+
+class FrameError(ValueError):
+    """A frame that cannot be used; ``code`` is stable for clients, ``message`` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_image_bytes(data: object, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Cheap checks on the raw payload: type, emptiness and size. Returns it as ``bytes``."""
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):
+        raise FrameError("invalid_frame", f"'image' must be binary JPEG or PNG bytes, not {type(data).__name__}")
+    if not data:
+        raise FrameError("empty_image", "'image' is empty")
+    if len(data) > max_bytes:
+        raise FrameError("image_too_large",
+                         f"image is {len(data):,} bytes; the limit is {max_bytes:,} bytes")
+    return data
+
+
+def open_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Parse only the header and check the claimed size, so a tiny file cannot claim gigapixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise FrameError("image_dimensions_too_large", "image header claims an enormous size") from None
+    except Exception:  # Pillow raises several types for garbage; all mean the same to a client
+        raise FrameError("undecodable_image", "image is not a readable JPEG or PNG") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise FrameError("undecodable_image", f"image header claims {width}×{height} pixels")
+    if width > max_side or height > max_side or width * height > max_pixels:
+        raise FrameError("image_dimensions_too_large",
+                         f"image is {width}×{height}; the limit is {max_side} px a side and {max_pixels:,} pixels")
+    return image
+
+
+def decode_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """JPEG or PNG bytes → H×W×3 uint8 RGB, refusing oversized headers before decoding."""
+    image = open_image(data, max_side, max_pixels)
+    try:
+        image.load()
+    except OSError as exc:
+        if "truncated" in str(exc).lower():
+            raise FrameError("truncated_image", "image data ends early (truncated JPEG or PNG)") from None
+        raise FrameError("undecodable_image", "image data is corrupt") from None
+    except Exception:
+        raise FrameError("undecodable_image", "image data is corrupt") from None
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image)  # writable, as torch.from_numpy wants
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
+    """H×W×3 uint8 RGB → JPEG bytes (4:2:0, no optimisation pass: speed matters more than bytes here)."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, format="JPEG", quality=quality, subsampling=2)
+    return buffer.getvalue()

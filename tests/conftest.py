@@ -1,0 +1,47 @@
+"""Shared fixtures: real images and tiny real engines, small enough for a 2-core CI machine."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def make_scene(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:
+    """A camera-like RGB frame: a gradient backdrop, a person-ish figure and sensor noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([60 + 120 * x / width, 80 + 90 * y / height, np.full_like(x, 140.0)], axis=-1)
+    cx, cy, unit = width * 0.5, height * 0.5, min(width, height) / 8
+    head = (x - cx) ** 2 + (y - (cy - 2.6 * unit)) ** 2 < unit**2
+    body = (abs(x - cx) < 1.2 * unit) & (abs(y - cy) < 1.6 * unit)
+    legs = (abs(abs(x - cx) - 0.6 * unit) < 0.4 * unit) & (y > cy + 1.6 * unit) & (y < cy + 3.8 * unit)
+    image[head] = (225, 180, 150)
+    image[body] = (200, 40, 50)
+    image[legs] = (40, 60, 140)
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def encode(image: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def jpeg_frame() -> bytes:
+    """A real 160×120 JPEG."""
+    return encode(make_scene(), quality=85)
+
+
+@pytest.fixture(scope="session")
+def tiny_engines():
+    """Both tasks on the default architecture, untrained, at a small input size, on the CPU."""
+    from engines import build_model, create_engine
+    from engines.tasks import TASKS
+
+    return {task: create_engine(build_model(task=task, backbone="mobilenetv3_large", merge="attention"),
+                                backend="cpu", input_size=97) for task in TASKS}

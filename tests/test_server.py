@@ -1,0 +1,227 @@
+"""The Socket.IO server end to end with Flask-SocketIO's test client: real JPEGs, real engines, bad input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from conftest import encode, make_scene
+from PIL import Image
+
+from server.app import ServerSettings, create_server
+from server.codec import FrameError, decode_image
+from server.inference import FrameJob, LatestFrameQueue
+
+
+@pytest.fixture()
+def server(tiny_engines):
+    settings = ServerSettings(async_mode="threading", max_frame_bytes=64 * 1024)
+    srv = create_server(settings, engines=tiny_engines)
+    yield srv
+    srv.service.stop()
+
+
+def wait_for(client, event: str, count: int = 1, timeout: float = 30.0) -> list[dict]:
+    """Collect ``count`` messages of ``event`` (results arrive from the worker thread)."""
+    found: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < count and time.monotonic() < deadline:
+        found += [m["args"][0] for m in client.get_received() if m["name"] == event]
+        if len(found) < count:
+            time.sleep(0.01)
+    assert len(found) >= count, f"got {len(found)} {event!r} messages, wanted {count}"
+    return found
+
+
+def error_codes(client) -> list[str]:
+    return [m["args"][0]["code"] for m in client.get_received() if m["name"] == "error"]
+
+
+def test_round_trip_with_a_real_jpeg(server, jpeg_frame):
+    client = server.socketio.test_client(server.app)
+    client.emit("frame", {"id": 7, "task": "parts", "image": jpeg_frame, "view": "overlay"})
+    [result] = wait_for(client, "result")
+    assert result["id"] == 7 and result["task"] == "parts"
+    overlay = Image.open(io.BytesIO(result["image"]))
+    assert overlay.format == "JPEG" and overlay.size == (160, 120)
+    assert result["timing"] == "CPU time" and result["engine"] == "cpu"
+    assert result["cnn_ms"] > 0 and result["queue_ms"] >= 0 and result["dropped"] == 0
+    assert result["server_ms"] >= result["cnn_ms"] + result["queue_ms"]
+
+
+def test_attention_view_and_clothes_task(server, jpeg_frame):
+    client = server.socketio.test_client(server.app)
+    client.emit("frame", {"id": 1, "task": "clothes", "image": jpeg_frame, "view": "attention", "opacity": 1.0})
+    [result] = wait_for(client, "result")
+    assert result["task"] == "clothes" and result["view"] == "attention"
+    pixels = np.asarray(Image.open(io.BytesIO(result["image"]))).astype(int)
+    # At full opacity every pixel is a mix of the three scale colours, so none stays grey camera pixel.
+    assert pixels.std() > 5
+
+
+def test_png_frames_are_accepted(server):
+    client = server.socketio.test_client(server.app)
+    client.emit("frame", {"id": 2, "task": "parts", "image": encode(make_scene(64, 48), "PNG")})
+    [result] = wait_for(client, "result")
+    assert Image.open(io.BytesIO(result["image"])).size == (64, 48)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny, valid-looking PNG whose header claims ``width``×``height`` RGB pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(bytes(1000)))
+            + _png_chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    ("not an object", "invalid_frame"),
+    ({"task": "parts", "image": b"x"}, "invalid_frame"),  # no id
+    ({"id": "3", "task": "parts", "image": b"x"}, "invalid_frame"),
+    ({"id": True, "task": "parts", "image": b"x"}, "invalid_frame"),
+    ({"id": 3, "image": b"x"}, "invalid_frame"),  # no task
+    ({"id": 3, "task": 5, "image": b"x"}, "invalid_frame"),
+    ({"id": 3, "task": "faces", "image": b"x"}, "unknown_task"),
+    ({"id": 3, "task": "parts", "image": b"x", "view": "x-ray"}, "invalid_frame"),
+    ({"id": 3, "task": "parts", "image": b"x", "opacity": "half"}, "invalid_frame"),
+    ({"id": 3, "task": "parts"}, "invalid_frame"),  # no image
+    ({"id": 3, "task": "parts", "image": "aGVsbG8="}, "invalid_frame"),  # text, not bytes
+    ({"id": 3, "task": "parts", "image": [1, 2, 3]}, "invalid_frame"),
+    ({"id": 3, "task": "parts", "image": b""}, "empty_image"),
+    ({"id": 3, "task": "parts", "image": bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8))},
+     "undecodable_image"),
+    ({"id": 3, "task": "parts", "image": b"GIF89a" + bytes(100)}, "undecodable_image"),
+    ({"id": 3, "task": "parts", "image": bytes(64 * 1024 + 1)}, "image_too_large"),
+    ({"id": 3, "task": "parts", "image": _png_header_claiming(100_000, 100_000)}, "image_dimensions_too_large"),
+    ({"id": 3, "task": "parts", "image": _png_header_claiming(5000, 3000)}, "image_dimensions_too_large"),
+])
+def test_bad_input_gets_a_clear_error_to_that_client_only(server, jpeg_frame, message, code):
+    sender = server.socketio.test_client(server.app)
+    bystander = server.socketio.test_client(server.app)
+    sender.emit("frame", message)
+    received = [m for m in sender.get_received() if m["name"] == "error"]
+    assert [m["args"][0]["code"] for m in received] == [code]
+    error = received[0]["args"][0]
+    assert error["message"]
+    if isinstance(message, dict) and isinstance(message.get("id"), int) and not isinstance(message["id"], bool):
+        assert error["id"] == 3
+    assert bystander.get_received() == []
+    # Nothing was queued, and both clients (the offender too) carry on.
+    assert len(server.service.queue) == 0
+    for client in (sender, bystander):
+        client.emit("frame", {"id": 9, "task": "parts", "image": jpeg_frame})
+        assert wait_for(client, "result")[0]["id"] == 9
+
+
+def test_huge_jpeg_header_is_refused_before_decoding(server):
+    data = bytearray(encode(make_scene(64, 48), quality=80))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5: sof + 9] = struct.pack(">HH", 60000, 60000)  # height, width in the SOF0 segment
+    client = server.socketio.test_client(server.app)
+    client.emit("frame", {"id": 4, "task": "parts", "image": bytes(data)})
+    assert error_codes(client) == ["image_dimensions_too_large"]
+
+
+def test_truncated_jpeg_is_an_error_not_a_crash(server, jpeg_frame):
+    client = server.socketio.test_client(server.app)
+    client.emit("frame", {"id": 5, "task": "parts", "image": jpeg_frame[: len(jpeg_frame) // 2]})
+    [error] = wait_for(client, "error")
+    assert error == {"id": 5, "code": "truncated_image", "message": error["message"]}
+    client.emit("frame", {"id": 6, "task": "parts", "image": jpeg_frame})
+    assert wait_for(client, "result")[0]["id"] == 6
+
+
+def test_two_clients_each_get_their_own_results(server, jpeg_frame):
+    first = server.socketio.test_client(server.app)
+    second = server.socketio.test_client(server.app)
+    first.emit("frame", {"id": 100, "task": "parts", "image": jpeg_frame})
+    second.emit("frame", {"id": 200, "task": "clothes", "image": encode(make_scene(64, 48, seed=1))})
+    [one] = wait_for(first, "result")
+    [two] = wait_for(second, "result")
+    assert (one["id"], one["task"]) == (100, "parts")
+    assert (two["id"], two["task"], Image.open(io.BytesIO(two["image"])).size) == (200, "clothes", (64, 48))
+    time.sleep(0.2)
+    assert first.get_received() == [] and second.get_received() == []
+
+
+def test_a_flood_is_answered_by_dropping_and_the_latest_frame_wins(server, jpeg_frame):
+    client = server.socketio.test_client(server.app)
+    sent = 60
+    for frame_id in range(sent):
+        client.emit("frame", {"id": frame_id, "task": "parts", "image": jpeg_frame})
+        assert len(server.service.queue) <= 1  # one waiting frame per client, whatever the rate
+    results = wait_for(client, "result")
+    deadline = time.monotonic() + 30
+    while results[-1]["id"] != sent - 1 and time.monotonic() < deadline:
+        results += wait_for(client, "result")
+    ids = [r["id"] for r in results]
+    assert ids[-1] == sent - 1 and ids == sorted(ids)
+    assert len(results) < sent
+    assert len(results) + sum(r["dropped"] for r in results) == sent
+
+
+def test_latest_frame_queue_keeps_one_frame_per_client_and_counts_drops():
+    queue = LatestFrameQueue()
+    for frame_id in range(3):
+        queue.put(FrameJob("a", frame_id, "parts", "overlay", 0.5, b"x"))
+    queue.put(FrameJob("b", 10, "parts", "overlay", 0.5, b"x"))
+    queue.put(FrameJob("c", 20, "clothes", "overlay", 0.5, b"x"))
+    assert len(queue) == 3
+    [job] = queue.take(lambda task: False, max_batch=8)
+    assert (job.sid, job.frame_id, job.dropped) == ("a", 2, 2)
+    batch = queue.take(lambda task: True, max_batch=8)  # b's task batches; c's other task waits
+    assert [(j.sid, j.frame_id) for j in batch] == [("b", 10)]
+    queue.discard("c")
+    assert len(queue) == 0 and queue.take(lambda task: True, 8) == []
+
+
+def test_a_client_that_leaves_mid_frame_does_not_disturb_others(server, jpeg_frame):
+    leaver = server.socketio.test_client(server.app)
+    stayer = server.socketio.test_client(server.app)
+    leaver.emit("frame", {"id": 1, "task": "parts", "image": jpeg_frame})
+    leaver.emit("frame", {"id": 2, "task": "parts", "image": jpeg_frame})
+    leaver.disconnect()
+    stayer.emit("frame", {"id": 3, "task": "parts", "image": jpeg_frame})
+    assert wait_for(stayer, "result")[0]["id"] == 3
+    assert len(server.service.queue) == 0 and server.service.errors == 0
+
+
+def test_token_refusal(tiny_engines, jpeg_frame):
+    srv = create_server(ServerSettings(async_mode="threading", token="s3cret"), engines=tiny_engines)
+    assert not srv.socketio.test_client(srv.app).is_connected()
+    assert not srv.socketio.test_client(srv.app, auth={"token": "wrong"}).is_connected()
+    client = srv.socketio.test_client(srv.app, auth={"token": "s3cret"})
+    assert client.is_connected()
+    client.emit("frame", {"id": 1, "task": "parts", "image": jpeg_frame})
+    assert wait_for(client, "result")[0]["id"] == 1
+    srv.service.stop()
+
+
+def test_http_endpoints_and_no_path_traversal(server):
+    http = server.app.test_client()
+    info = http.get("/api/info").get_json()
+    assert info["tasks"]["parts"]["classes"][1:] == ["head", "torso", "upper arms", "lower arms", "upper legs",
+                                                     "lower legs"]
+    assert len(info["tasks"]["clothes"]["palette"]) == len(info["tasks"]["clothes"]["classes"])
+    assert info["trained"] is False and info["input_size"] == 97 and info["version"]
+    assert http.get("/healthz").get_json()["status"] == "ok"
+    assert b"<video" in http.get("/").data
+    assert http.get("/static/app.js").status_code == 200
+    for path in ("/static/../server/app.py", "/static/%2e%2e/server/app.py", "/static/..%2fserver%2fapp.py",
+                 "/static//etc/passwd"):
+        response = http.get(path, follow_redirects=True)
+        assert response.status_code == 404 and b"import" not in response.data and b"root:" not in response.data, path
+
+
+def test_codec_refuses_truncated_and_accepts_whole_images(jpeg_frame):
+    assert decode_image(jpeg_frame).shape == (120, 160, 3)
+    with pytest.raises(FrameError) as caught:
+        decode_image(jpeg_frame[:200])
+    assert caught.value.code in ("truncated_image", "undecodable_image")
