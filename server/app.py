@@ -127,6 +127,7 @@ class PartCamServer:
         self.engines = engines if engines is not None else load_engines(settings)
         self.app = Flask(__name__, static_folder=str(CLIENT_DIR), static_url_path="/static")
         self.app.config["SEND_FILE_MAX_AGE_DEFAULT"] = 0  # the page and its code change together
+        self.app.json.sort_keys = False  # tasks keep their order (parts first) on the page
         self.socketio = SocketIO(self.app, async_mode=settings.async_mode,
                                  max_http_buffer_size=settings.max_message_bytes)
         self.clients: set[str] = set()

@@ -1,0 +1,128 @@
+"""The phone page in a real browser: Debian's chromium with a fake camera, against a real server process."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_scene
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"{CHROMIUM} is missing (apt-get install chromium); CI installs it")
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 15) -> None:
+    """YUV4MPEG2 with I420 planes (BT.601), the format chromium's fake camera reads."""
+    height, width = frames[0].shape[:2]
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            r, g, b = (frame[..., i].astype(np.float32) for i in range(3))
+            y = 0.299 * r + 0.587 * g + 0.114 * b
+            u = -0.1687 * r - 0.3313 * g + 0.5 * b + 128
+            v = 0.5 * r - 0.4187 * g - 0.0813 * b + 128
+            half = [p.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3)) for p in (u, v)]
+            out.write(b"FRAME\n")
+            for plane in (y, *half):
+                out.write(np.clip(plane + 0.5, 0, 255).astype(np.uint8).tobytes())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """``python -m server`` for real (eventlet, plain HTTP on loopback) with a tiny untrained model."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--http", "--host", "127.0.0.1", "--port", str(port),
+             "--engine", "cpu", "--input-size", "97"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def wait_for_fresh_results(page) -> None:
+    """Wait until frames sent after the last control change have come back and been drawn."""
+    sent = page.evaluate("window.partcam.nextId")
+    page.wait_for_function(f"window.partcam.nextId > {sent + 2}", timeout=30_000)
+    page.wait_for_timeout(300)
+
+
+def test_page_shows_live_overlays_readout_and_legend(live_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from engines.tasks import TASKS
+
+    camera = tmp_path / "camera.y4m"
+    write_y4m(camera, [make_scene(640, 480, seed=i) for i in range(6)])
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             f"--use-file-for-fake-video-capture={camera}"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                    is_mobile=True, has_touch=True)
+            page_errors: list[str] = []
+            page.on("pageerror", lambda error: page_errors.append(str(error)))
+            page.goto(live_server + "/")
+
+            expect(page.locator("#overlay")).to_be_visible(timeout=30_000)  # a result came back and was drawn
+            expect(page.locator("#cnn-seconds")).to_have_text(re.compile(r"^\d+\.\d{3}$"))
+            expect(page.locator("#readout")).to_contain_text(re.compile(r"CNN took \d+\.\d{3} seconds \(CPU time\)"))
+            expect(page.locator("#legend li")).to_have_text(list(TASKS["parts"].classes[1:]))
+            expect(page.locator("#untrained")).to_be_visible()
+            expect(page.locator("#connection")).to_have_text("Live")
+            # Results keep coming: the frame counter moves on.
+            first = page.evaluate("window.partcam.nextId")
+            page.wait_for_function(f"window.partcam.nextId > {first + 2}", timeout=30_000)
+            expect(page.locator("#fps")).to_have_text(re.compile(r"^\d+\.\d fps$"))
+
+            page.get_by_role("radio", name="Clothes").click()
+            expect(page.locator("#legend li")).to_have_text(list(TASKS["clothes"].classes[1:]))
+            page.locator("#attention").click()
+            expect(page.locator("#legend li")).to_have_text(["scale 1×", "scale 0.75×", "scale 0.5×"])
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            wait_for_fresh_results(page)
+            page.screenshot(path=str(SCREENSHOT.with_name("screenshot-attention.png")))
+            page.locator("#attention").click()
+            page.get_by_role("radio", name="Parts").click()
+            wait_for_fresh_results(page)
+            assert page_errors == []
+            page.screenshot(path=str(SCREENSHOT))
+        finally:
+            browser.close()
