@@ -73,8 +73,12 @@ def decode_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int 
     return np.array(image)  # writable, as torch.from_numpy wants
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
-    """H×W×3 uint8 RGB → JPEG bytes (4:2:0, no optimisation pass: speed matters more than bytes here)."""
+def encode_jpeg(rgb: np.ndarray | Image.Image, quality: int = 80) -> bytes:
+    """RGB image (H×W×3 uint8 array or Pillow image) → JPEG bytes.
+
+    4:2:0 and no optimisation pass: speed matters more than bytes on a LAN.
+    """
+    image = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb, "RGB")
     buffer = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buffer, format="JPEG", quality=quality, subsampling=2)
+    image.save(buffer, format="JPEG", quality=quality, subsampling=2)
     return buffer.getvalue()

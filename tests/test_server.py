@@ -12,9 +12,11 @@ import pytest
 from conftest import encode, make_scene
 from PIL import Image
 
+from engines.tasks import TASKS
 from server.app import ServerSettings, create_server
 from server.codec import FrameError, decode_image
 from server.inference import FrameJob, LatestFrameQueue
+from server.overlay import colourise_attention, colourise_parts, scale_colours
 
 
 @pytest.fixture()
@@ -225,3 +227,24 @@ def test_codec_refuses_truncated_and_accepts_whole_images(jpeg_frame):
     with pytest.raises(FrameError) as caught:
         decode_image(jpeg_frame[:200])
     assert caught.value.code in ("truncated_image", "undecodable_image")
+
+
+def test_overlay_paints_parts_and_leaves_background_alone():
+    palette = TASKS["parts"].palette
+    frame = np.full((4, 6, 3), 100, np.uint8)
+    labels = np.zeros((4, 6), np.uint8)
+    labels[:, 3:] = 2
+    solid = np.asarray(colourise_parts(frame, labels, palette, opacity=1.0))
+    assert (solid[:, :3] == 100).all() and (solid[:, 3:] == palette[2]).all()
+    half = np.asarray(colourise_parts(frame, labels, palette, opacity=0.5)).astype(int)
+    assert np.abs(half[:, 3:] - (100 + palette[2].astype(int)) / 2).max() <= 1
+
+
+def test_attention_view_uses_one_colour_per_scale():
+    frame = np.zeros((2, 6, 3), np.uint8)
+    attention = np.zeros((3, 2, 6), np.float32)
+    for scale in range(3):
+        attention[scale, :, 2 * scale: 2 * scale + 2] = 1.0
+    image = np.asarray(colourise_attention(frame, attention, opacity=1.0))
+    for scale in range(3):
+        assert (image[:, 2 * scale: 2 * scale + 2] == scale_colours(3)[scale]).all()
