@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> None:
         serve_threading(server.app, args.host, args.port, cert, key)
 
 
-def serve_eventlet(app, host: str, port: int, cert: str | None, key: str | None, log_requests: bool) -> None:
+def make_listener(host: str, port: int, cert: str | None = None, key: str | None = None):
+    """An eventlet listening socket with TCP_NODELAY, wrapped in TLS when a certificate is given."""
     import eventlet
-    import eventlet.wsgi
 
     listener = eventlet.listen((host, port))
     # Without this each binary Socket.IO message waits ~40 ms for Nagle + delayed ACK;
-    # accepted connections inherit the option from the listening socket.
+    # on Linux accepted connections inherit the option from the listening socket.
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if cert:
         from eventlet.green import ssl
@@ -122,7 +122,13 @@ def serve_eventlet(app, host: str, port: int, cert: str | None, key: str | None,
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         listener = context.wrap_socket(listener, server_side=True)
-    eventlet.wsgi.server(listener, app, log_output=log_requests, socket_timeout=60)
+    return listener
+
+
+def serve_eventlet(app, host: str, port: int, cert: str | None, key: str | None, log_requests: bool) -> None:
+    import eventlet.wsgi
+
+    eventlet.wsgi.server(make_listener(host, port, cert, key), app, log_output=log_requests, socket_timeout=60)
 
 
 def serve_threading(app, host: str, port: int, cert: str | None, key: str | None) -> None:

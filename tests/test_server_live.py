@@ -1,0 +1,111 @@
+"""The server as users run it: ``python -m server`` over HTTPS with its own certificate, a real client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import socketio
+from conftest import encode, make_scene
+from cryptography import x509
+
+from server.certs import ensure_certificate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_certificate_names_the_lan_addresses_and_is_reused(tmp_path):
+    cert_path, key_path = ensure_certificate(["192.168.1.20"], folder=tmp_path)
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} >= {"127.0.0.1", "192.168.1.20"}
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    assert oct(key_path.stat().st_mode & 0o777) == "0o600"
+    first = cert_path.read_bytes()
+    assert ensure_certificate(["192.168.1.20"], folder=tmp_path)[0].read_bytes() == first  # cached
+    ensure_certificate(["10.0.0.7"], folder=tmp_path)  # the machine moved to another network
+    assert cert_path.read_bytes() != first
+
+
+@pytest.mark.filterwarnings("ignore:.*Eventlet is deprecated")
+def test_accepted_connections_have_nagle_off():
+    from server.__main__ import make_listener
+
+    listener = make_listener("127.0.0.1", 0)
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    try:
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        for sock in (accepted, client, listener):
+            sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def https_server(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    port = free_port()
+    log_path = cache / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--engine", "cpu",
+             "--input-size", "97", "--token", "t0ken"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{url}/healthz", verify=False, timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url, cache, log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_https_server_serves_frames_and_refuses_wrong_tokens(https_server):
+    url, cache, log_path = https_server
+    assert (cache / "partcam" / "cert.pem").exists()
+    startup = log_path.read_text()
+    assert f"{url}/?token=t0ken" in startup and "UNTRAINED" in startup
+    assert requests.get(f"{url}/vendor/socket.io.min.js", verify=False, timeout=5).status_code == 200
+
+    refused = socketio.Client(ssl_verify=False, reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        refused.connect(url, auth={"token": "nope"}, transports=["websocket"], wait_timeout=10)
+
+    client = socketio.Client(ssl_verify=False, reconnection=False)
+    client.connect(url, auth={"token": "t0ken"}, transports=["websocket"], wait_timeout=10)
+    try:
+        frame = encode(make_scene(320, 240), quality=80)
+        got: list = []
+        client.on("result", got.append)
+        client.on("error", got.append)
+        client.emit("frame", {"id": 1, "task": "parts", "image": frame})
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [result] = got
+        assert result["id"] == 1 and result["image"][:2] == b"\xff\xd8"
+        assert result["timing"] == "CPU time" and result["server_ms"] >= result["cnn_ms"]
+    finally:
+        client.disconnect()
