@@ -1,0 +1,463 @@
+"""SyntheticPeople: random scenes of 1-3 anny people in clothes, with exact `parts` and `clothes` labels."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .appearance import (
+    DENIM,
+    GREY_HAIR,
+    HAIR_COLOURS,
+    SHOE_COLOURS,
+    Backgrounds,
+    cloth_colour,
+    degrade,
+    fabric,
+    pattern_params,
+    pick,
+    skin_colour,
+)
+from .body import BodyModel
+from .garments import GarmentBuilder, Piece, borrow_skinning
+from .poses import PoseSampler
+from .raster import rasterize
+
+GENERATOR_VERSION = "synth-1.0"
+SKIN, UPPER, LOWER, BAG, SHOES = 1, 2, 3, 4, 5  # TASKS["clothes"].classes indices
+FIELD_NAMES = ("arm_t", "leg_t", "torso_h", "arm_w", "leg_w", "head_w", "hand_w", "foot_w")
+
+_BODY: BodyModel | None = None
+
+
+def shared_body() -> BodyModel:
+    """One body model per process (building it takes seconds; the on-disk cache makes it fast after the first)."""
+    global _BODY
+    if _BODY is None:
+        _BODY = BodyModel()
+    return _BODY
+
+
+@dataclass
+class Material:
+    colour: np.ndarray
+    pattern: dict
+    label: int
+    shine: float = 0.0
+
+
+@dataclass
+class Person:
+    phenotype: dict[str, float]
+    pose_kind: str
+    rotations: dict
+    outfit: dict
+    materials: dict[str, Material]
+    yaw: float
+    offset: np.ndarray
+
+
+def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
+    vn = np.zeros_like(verts)
+    for k in range(3):
+        np.add.at(vn, faces[:, k], fn)
+    return vn / (np.linalg.norm(vn, axis=1, keepdims=True) + 1e-12)
+
+
+def rot_z(degrees: float) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    return np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+
+
+class SyntheticPeople:
+    """Deterministic synthetic people: ``sample(index)`` depends only on (seed, index, size)."""
+
+    def __init__(self, size: int = 320, seed: int = 0) -> None:
+        self.size = int(size)
+        self.seed = int(seed)
+        self.body = shared_body()
+        self.poses = PoseSampler(self.body)
+        self.backgrounds = Backgrounds()
+        self.weights = self.body.dense_weights()
+        b = self.body
+        self.body_fields = np.stack([b.fields[k] for k in FIELD_NAMES], 1).astype(np.float32)
+        self.eye_rest = np.stack([b.head_of("eye.L"), b.head_of("eye.R")])
+        head = b.rest_vertices[b.fields["head_w"] > 0.5]
+        self.head_top = float(head[:, 2].max())
+        self.head_centre = head.mean(0)
+        self.masks = {
+            "torso": (b.fields["arm_w"] < 0.5) & (b.fields["leg_w"] < 0.5) & (b.fields["head_w"] < 0.5),
+            "legs": b.fields["leg_w"] > 0.5,
+            "head": b.fields["head_w"] > 0.5,
+            "hand_L": (b.fields["hand_w"] > 0.5) & (b.rest_vertices[:, 0] > 0),
+            "hand_R": (b.fields["hand_w"] > 0.5) & (b.rest_vertices[:, 0] < 0),
+        }
+
+    # ------------------------------------------------------------------ public API
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rgb uint8 HxWx3, parts uint8 HxW, clothes uint8 HxW); rgb is the decoded JPEG, as written to disk."""
+        jpeg, parts, clothes = self.render(index)
+        rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+        return rgb, parts, clothes
+
+    def render(self, index: int) -> tuple[bytes, np.ndarray, np.ndarray]:
+        """JPEG bytes and the two label maps for one sample."""
+        rng = np.random.default_rng([self.seed, int(index), 0x5EED])
+        n_people = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15]))
+        people = [self._person(rng, main=i == 0) for i in range(n_people)]
+        skinned = self._skin(people, rng)
+        return self._draw(people, skinned, rng)
+
+    # ------------------------------------------------------------------ people
+    def _phenotype(self, rng: np.random.Generator) -> dict[str, float]:
+        r = rng.random()
+        age = rng.uniform(0.22, 0.48) if r < 0.15 else rng.uniform(0.86, 1.0) if r > 0.85 else rng.uniform(0.5, 0.86)
+        return {
+            "gender": float(rng.beta(0.6, 0.6)),
+            "age": float(age),
+            "muscle": float(rng.beta(2, 2)),
+            "weight": float(rng.beta(1.6, 1.6)),
+            "height": float(rng.uniform(0.1, 0.9)),
+            "proportions": float(rng.uniform(0.2, 0.8)),
+        }
+
+    def _outfit(self, rng: np.random.Generator, phenotype: dict) -> tuple[dict, dict[str, Material]]:
+        o: dict = {}
+        mats: dict[str, Material] = {}
+        skin = skin_colour(rng)
+        mats["skin"] = Material(skin, {"kind": "solid"}, SKIN)
+        old = phenotype["age"] > 0.85 and rng.random() < 0.75
+        mats["hair"] = Material(
+            pick(rng, GREY_HAIR if old else HAIR_COLOURS) * rng.uniform(0.8, 1.2), {"kind": "solid"}, SKIN, shine=0.25
+        )
+        o["hair"] = str(rng.choice(["none", "short", "long"], p=[0.05, 0.55, 0.4]))
+        o["hair_len"] = float(rng.uniform(0.05, 0.3))
+        o["hair_line"] = float(rng.uniform(0.03, 0.07))
+        top = str(rng.choice(["sleeveless", "short", "long"], p=[0.2, 0.4, 0.4]))
+        o["sleeve"] = {
+            "sleeveless": rng.uniform(-0.1, 0.06),
+            "short": rng.uniform(0.22, 0.45),
+            "long": rng.uniform(0.85, 1.05),
+        }[top]
+        o["neckline"] = float(rng.uniform(0.84, 0.97))
+        o["top_hem"] = float(rng.uniform(0.38, 0.5) if rng.random() < 0.05 else rng.uniform(-0.2, 0.25))
+        o["bottom_waist"] = float(rng.uniform(0.18, 0.33))
+        bottom = str(
+            rng.choice(
+                ["trousers", "jeans", "shorts", "capri", "skirt", "dress"], p=[0.25, 0.22, 0.14, 0.06, 0.17, 0.16]
+            )
+        )
+        o["bottom"] = bottom
+        o["leg_len"] = {
+            "trousers": rng.uniform(0.9, 1.02),
+            "jeans": rng.uniform(0.9, 1.02),
+            "shorts": rng.uniform(0.12, 0.42),
+            "capri": rng.uniform(0.58, 0.78),
+        }.get(bottom, -1.0)
+        o["skirt_len"] = float(rng.uniform(0.35, 1.7))
+        o["skirt_flare"] = float(rng.uniform(1.0, 1.6))
+        o["coat"] = bool(rng.random() < 0.1)
+        mats["top"] = Material(cloth_colour(rng), pattern_params(rng), UPPER, shine=float(rng.uniform(0, 0.2)))
+        if bottom == "jeans":
+            mats["bottom"] = Material(
+                pick(rng, DENIM) * rng.uniform(0.8, 1.2), {**pattern_params(rng), "kind": "denim"}, LOWER
+            )
+        elif bottom == "dress":
+            mats["bottom"] = Material(mats["top"].colour, mats["top"].pattern, LOWER, mats["top"].shine)
+            o["top_hem"] = -0.3
+        else:
+            p = pattern_params(rng) if rng.random() < 0.5 else {"kind": "solid"}
+            mats["bottom"] = Material(cloth_colour(rng), p, LOWER)
+        if o["coat"]:
+            o["sleeve"] = float(rng.uniform(0.9, 1.02))
+            o["neckline"] = float(rng.uniform(0.9, 1.0))
+            o["top_hem"] = -0.3
+            o["coat_len"] = float(rng.uniform(0.5, 1.3))
+            mats["top"] = Material(
+                cloth_colour(rng), pattern_params(rng) if rng.random() < 0.2 else {"kind": "solid"}, UPPER
+            )
+        o["tights"] = bool(bottom in ("skirt", "dress") and rng.random() < 0.3)
+        mats["tights"] = Material(pick(rng, ((20, 20, 22), (60, 50, 45), (200, 170, 150))), {"kind": "solid"}, LOWER)
+        o["barefoot"] = bool(rng.random() < 0.06)
+        mats["shoes"] = Material(pick(rng, SHOE_COLOURS) * rng.uniform(0.8, 1.2), {"kind": "solid"}, SHOES, 0.3)
+        o["bag"] = str(rng.choice(["none", "backpack", "shoulder", "handbag"], p=[0.52, 0.16, 0.2, 0.12]))
+        mats["bag"] = Material(cloth_colour(rng) * rng.uniform(0.7, 1.1), {"kind": "solid"}, BAG, 0.3)
+        return o, mats
+
+    def _person(self, rng: np.random.Generator, main: bool) -> Person:
+        phenotype = self._phenotype(rng)
+        kind, rotations = self.poses.sample(rng)
+        if not main and kind == "selfie":
+            kind, rotations = self.poses.sample(rng, "standing")
+        outfit, mats = self._outfit(rng, phenotype)
+        r = rng.random()
+        if r < 0.6:  # mostly facing the camera, as in selfies and demos
+            yaw = rng.normal(0, 20)
+        elif r < 0.87:
+            yaw = rng.choice([-1, 1]) * rng.uniform(30, 110)
+        else:
+            yaw = 180 + rng.normal(0, 30)
+        if kind == "selfie":
+            yaw = rng.normal(0, 10)
+        return Person(phenotype, kind, rotations, outfit, mats, float(yaw), np.zeros(3))
+
+    def _skin(self, people: list[Person], rng: np.random.Generator) -> dict:
+        """Skin everybody, replacing self-intersecting poses: two more candidates per person (same kind,
+        then standing) are skinned in the same batch, and the first clean one is kept."""
+        body = self.body
+        candidates = []
+        for p in people:
+            candidates += [p.rotations, self.poses.sample(rng, p.pose_kind)[1], self.poses.sample(rng, "standing")[1]]
+        phenotypes = [p.phenotype for p in people for _ in range(3)]
+        out = body.skin(candidates, phenotypes)
+        chosen = []
+        for i, p in enumerate(people):
+            pick_row = 3 * i + 2
+            for k in range(3):
+                if not body.self_intersects(out["vertices"][3 * i + k]):
+                    pick_row = 3 * i + k
+                    break
+            if pick_row == 3 * i + 2:
+                p.pose_kind = "standing"
+            p.rotations = candidates[pick_row]
+            chosen.append(pick_row)
+        return {key: value[chosen] for key, value in out.items()}
+
+    def _pieces(self, person: Person, b: int, skinned: dict, rng: np.random.Generator) -> list[Piece]:
+        o = person.outfit
+        heads = {name: skinned["rest_heads"][b, i] for i, name in enumerate(self.body.bones)}
+        builder = GarmentBuilder(skinned["rest_vertices"][b], heads, self.body.fields)
+        pieces: list[Piece] = []
+        if o["bottom"] in ("skirt", "dress"):
+            pieces.append(builder.skirt(o["skirt_len"], o["skirt_flare"], "bottom", o["bottom_waist"]))
+        if o["coat"]:
+            pieces.append(builder.skirt(o["coat_len"], 1.15, "top", 0.2))
+        if o["hair"] == "long":
+            pieces.append(builder.long_hair(o["hair_len"], "hair"))
+        if o["bag"] == "backpack":
+            pieces += builder.backpack("bag", rng)
+        elif o["bag"] == "shoulder":
+            pieces += builder.shoulder_bag("bag", rng)
+        elif o["bag"] == "handbag":
+            pieces += builder.handbag("bag", rng)
+        return pieces
+
+    # ------------------------------------------------------------------ scene
+    def _draw(
+        self, people: list[Person], skinned: dict, rng: np.random.Generator
+    ) -> tuple[bytes, np.ndarray, np.ndarray]:
+        size = self.size
+        body = self.body
+        nv = body.num_vertices
+        meshes = []  # (person index, piece or None, world vertices, faces, two_sided)
+        for b, person in enumerate(people):
+            R = rot_z(person.yaw)
+            verts = skinned["vertices"][b] @ R.T
+            meshes.append((b, None, verts, body.faces, False))
+            for piece in self._pieces(person, b, skinned, rng):
+                allowed = {
+                    "any": np.ones(nv, bool),
+                    "torso": self.masks["torso"],
+                    "head_torso": self.masks["head"] | self.masks["torso"],
+                    "torso_legs": self.masks["torso"] | self.masks["legs"],
+                    "hand_L": self.masks["hand_L"],
+                    "hand_R": self.masks["hand_R"],
+                }[piece.allowed]
+                w = borrow_skinning(piece, skinned["rest_vertices"][b], self.weights, allowed)
+                T = np.einsum("vj,jab->vab", w, skinned["transforms"][b])
+                hom = np.concatenate([piece.vertices, np.ones((len(piece.vertices), 1), np.float32)], 1)
+                posed = np.einsum("vab,vb->va", T, hom)[:, :3]
+                meshes.append((b, piece, posed @ R.T, piece.faces, True))
+
+        # Stand everybody on the ground and spread the extra people around the first one.
+        main_verts = meshes[0][2]
+        for b, person in enumerate(people):
+            ground = min(m[2][:, 2].min() for m in meshes if m[0] == b)
+            if b > 0:
+                dx = rng.choice([-1, 1]) * rng.uniform(0.45, 1.4)
+                dy = rng.uniform(-0.9, 2.5)
+                person.offset = np.array([dx, dy, 0.0])
+            person.offset = person.offset - np.array([0, 0, ground])
+        meshes = [(b, pc, v + people[b].offset, f, ts) for b, pc, v, f, ts in meshes]
+        main_verts = meshes[0][2]
+
+        cam_pos, cam_rot, focal = self._camera(
+            people[0], main_verts, skinned["heads"][0] @ rot_z(people[0].yaw).T + people[0].offset, rng
+        )
+
+        # Concatenate the scene: per-vertex attributes are parts(7) | texcoord(3) | normal(3) | fields(8).
+        all_v, all_f, all_attr, two_sided, face_mesh = [], [], [], [], []
+        base = 0
+        for mi, (_b, piece, v, f, ts) in enumerate(meshes):
+            cam = (v - cam_pos) @ cam_rot.T
+            normals = vertex_normals(cam, f)
+            if piece is None:
+                attr = np.concatenate([body.part_weights, body.rest_vertices, normals, self.body_fields], 1)
+            else:
+                fields = np.zeros((len(v), len(FIELD_NAMES)), np.float32)
+                attr = np.concatenate([piece.parts, piece.vertices, normals, fields], 1)
+            all_v.append(cam)
+            all_f.append(f + base)
+            all_attr.append(attr.astype(np.float32))
+            two_sided.append(np.full(len(f), ts))
+            face_mesh.append(np.full(len(f), mi))
+            base += len(v)
+        cam_v = np.concatenate(all_v)
+        faces = np.concatenate(all_f)
+        attrs = np.concatenate(all_attr)
+        face_mesh = np.concatenate(face_mesh)
+        z = cam_v[:, 2]
+        safe_z = np.maximum(z, 1e-3)
+        screen = np.stack([focal * cam_v[:, 0] / safe_z + size / 2, focal * cam_v[:, 1] / safe_z + size / 2], 1)
+        frags = rasterize(screen, z, faces, (size, size), np.concatenate(two_sided))
+
+        parts = np.zeros(size * size, np.uint8)
+        clothes = np.zeros(size * size, np.uint8)
+        image = self.backgrounds.sample(rng, size).reshape(-1, 3)
+        if len(frags.pixels):
+            a = frags.interpolate(faces, attrs)
+            pix_mesh = face_mesh[frags.face.ravel()[frags.pixels]]
+            part_lab = np.argmax(np.concatenate([np.full((len(a), 1), 0.05, np.float32), a[:, 1:7]], 1), 1)
+            parts[frags.pixels] = part_lab
+            colour = np.zeros((len(a), 3), np.float32)
+            shine = np.zeros(len(a), np.float32)
+            labels = np.zeros(len(a), np.uint8)
+            for mi, (b, piece, _v, _f, _ts) in enumerate(meshes):
+                sel = np.nonzero(pix_mesh == mi)[0]
+                if len(sel) == 0:
+                    continue
+                mats = people[b].materials
+                if piece is None:
+                    names = self._body_materials(people[b], a[sel])
+                else:
+                    names = np.full(len(sel), piece.material, object)
+                for name in set(names.tolist()):
+                    s2 = sel[names == name]
+                    m = mats[name]
+                    colour[s2] = fabric(m.colour, m.pattern, a[s2, 7:10])
+                    labels[s2] = m.label
+                    shine[s2] = m.shine
+                if piece is None:
+                    self._paint_face(a[sel], colour, sel)
+            clothes[frags.pixels] = labels
+            shaded = self._shade(colour, a[:, 10:13], shine, rng)
+            image[frags.pixels] = shaded
+        jpeg = degrade(image.reshape(size, size, 3), rng)
+        return jpeg, parts.reshape(size, size), clothes.reshape(size, size)
+
+    def _body_materials(self, person: Person, a: np.ndarray) -> np.ndarray:
+        """Which outfit material covers each body pixel, from the interpolated body fields."""
+        o = person.outfit
+        f = {k: a[:, 13 + i] for i, k in enumerate(FIELD_NAMES)}
+        rest = a[:, 7:10]
+        head = f["head_w"] > 0.5
+        hand = f["hand_w"] > 0.5
+        foot = (f["foot_w"] > 0.4) | ((f["leg_w"] > 0.5) & (f["leg_t"] > 0.94))
+        arm = (f["arm_w"] > 0.5) & ~hand & ~head
+        leg = (f["leg_w"] > 0.5) & ~foot
+        torso = ~head & ~hand & ~foot & ~arm & ~leg
+        names = np.full(len(a), "skin", object)
+        th = f["torso_h"]
+        # Scoop necklines dip at the front (-y) of the chest.
+        front = rest[:, 1] < self.head_centre[1]
+        neck_cut = o["neckline"] - np.where(front, 0.06 * np.clip(1 - np.abs(rest[:, 0]) / 0.1, 0, 1), 0)
+        names[torso & (th >= o["top_hem"]) & (th < neck_cut)] = "top"
+        names[torso & (th < o["bottom_waist"]) & (th < o["top_hem"])] = "bottom"
+        names[arm & (f["arm_t"] < o["sleeve"])] = "top"
+        if o["leg_len"] > 0:
+            names[leg & (f["leg_t"] < o["leg_len"])] = "bottom"
+        elif o["tights"]:
+            names[leg] = "tights"
+        if not o["barefoot"]:
+            names[foot] = "shoes"
+        if o["hair"] != "none":
+            rel = rest - self.head_centre
+            top_of_head = rest[:, 2] > self.head_top - o["hair_line"] - 0.03
+            back = (rel[:, 1] > 0.015) & (rest[:, 2] > self.head_centre[2] - 0.03)
+            names[head & (top_of_head | back)] = "hair"
+            if o["hair"] == "long":
+                names[head & (rel[:, 1] > -0.02) & (rest[:, 2] > self.head_centre[2] - 0.08)] = "hair"
+        return names
+
+    def _paint_face(self, a: np.ndarray, colour: np.ndarray, sel: np.ndarray) -> None:
+        """Dark eyes on the otherwise blank face, so that faces read as faces."""
+        head = np.nonzero(a[:, 18] > 0.5)[0]
+        rest = a[head, 7:10]
+        d = np.min(np.linalg.norm(rest[:, None, :] - self.eye_rest[None], axis=2), 1)
+        eye = head[d < 0.016]
+        colour[sel[eye]] = colour[sel[eye]] * 0.25
+
+    def _shade(
+        self, albedo: np.ndarray, normals: np.ndarray, shine: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        n = normals / (np.linalg.norm(normals, axis=1, keepdims=True) + 1e-9)
+        n = np.where((n[:, 2] > 0)[:, None], -n, n)  # two-sided sheets: face the camera
+        light = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-1.0, 0.1), -rng.uniform(0.3, 1.0)])
+        light /= np.linalg.norm(light)
+        diffuse = np.clip(n @ light, 0, 1)
+        ambient = rng.uniform(0.25, 0.6)
+        sky = 0.15 * (-n[:, 1])  # light from above
+        tint = rng.uniform(0.85, 1.15, 3) * rng.uniform(0.75, 1.25)
+        view_half = light + np.array([0, 0, -1.0])
+        view_half /= np.linalg.norm(view_half)
+        spec = shine * np.clip(n @ view_half, 0, 1) ** 20 * 255
+        out = albedo * (ambient + sky + (1 - ambient) * diffuse)[:, None] * tint + spec[:, None]
+        return np.clip(out, 0, 255)
+
+    def _camera(self, person: Person, verts: np.ndarray, heads: np.ndarray, rng: np.random.Generator):
+        """Camera position, world-to-camera rotation (x right, y down, z forward) and focal length in pixels."""
+        size = self.size
+        bones = self.body.bones
+        fov = rng.uniform(30, 75)
+        focal = size / 2 / np.tan(np.deg2rad(fov) / 2)
+        top = float(verts[:, 2].max())
+        if person.pose_kind == "selfie":
+            shot = "selfie"
+        else:
+            shot = str(rng.choice(["full", "knees", "upper", "head"], p=[0.42, 0.13, 0.25, 0.2]))
+        low = {
+            "full": float(verts[:, 2].min()),
+            "knees": float(heads[bones.index("lowerleg01.L"), 2]),
+            "upper": float(heads[bones.index("upperleg01.L"), 2]),
+            "head": float(heads[bones.index("spine03"), 2]),
+            "selfie": float(heads[bones.index("spine03"), 2]),
+        }[shot]
+        extent = max(top - low, 0.2)
+        fraction = {
+            "full": rng.uniform(0.2, 0.95),
+            "knees": rng.uniform(0.6, 1.05),
+            "upper": rng.uniform(0.6, 1.1),
+            "head": rng.uniform(0.7, 1.2),
+            "selfie": 1.0,
+        }[shot]
+        region = verts[(verts[:, 2] >= low) & (verts[:, 2] <= top)]
+        centre = np.array([region[:, 0].mean(), region[:, 1].mean(), (top + low) / 2])
+        if shot == "selfie":
+            s = "L" if heads[bones.index("wrist.L"), 1] < heads[bones.index("wrist.R"), 1] else "R"
+            hand = heads[bones.index(f"wrist.{s}")]
+            head = heads[bones.index("head")] + np.array([0, 0, 0.08])
+            cam_pos = hand + (head - hand) * 0.1
+            target = head + np.array([0, 0, -0.12]) + rng.normal(0, 0.04, 3)
+            focal = size / 2 / np.tan(np.deg2rad(rng.uniform(62, 80)) / 2)
+            roll = rng.normal(0, 8)
+        else:
+            distance = focal * extent / (fraction * size)
+            az = np.deg2rad(rng.normal(0, 15))
+            el = np.deg2rad(rng.uniform(-10, 30))
+            direction = np.array([np.sin(az) * np.cos(el), -np.cos(az) * np.cos(el), np.sin(el)])
+            target = centre + rng.uniform(-0.3, 0.3, 3) * extent * np.array([1, 0, 1]) * (1.2 - min(fraction, 1.0))
+            cam_pos = target + direction * distance
+            roll = rng.normal(0, 4)
+        forward = target - cam_pos
+        forward /= np.linalg.norm(forward)
+        right = np.cross(forward, [0.0, 0.0, 1.0])
+        right /= np.linalg.norm(right) + 1e-9
+        down = np.cross(forward, right)
+        rot = np.stack([right, down, forward])
+        c, s_ = np.cos(np.deg2rad(roll)), np.sin(np.deg2rad(roll))
+        rot = np.array([[c, -s_, 0], [s_, c, 0], [0, 0, 1]]) @ rot
+        return cam_pos, rot, focal
