@@ -103,6 +103,9 @@ def image_like_batch(batch: int, size: int, preprocessing: Preprocessing, genera
 def compare_with_eager(program, model: torch.nn.Module, size: int, batch: int, precision: str,
                        batches: int, device: torch.device) -> dict:
     """Argmax agreement and the largest logit difference against eager fp32 on the GPU."""
+    # A true fp32 reference: no TF32 in cuDNN convolutions or matmuls while it runs.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     reference = model.float().to(device).eval()
     dtype = torch.float16 if precision == "fp16" else torch.float32
     generator = torch.Generator().manual_seed(0)

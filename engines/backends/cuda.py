@@ -57,7 +57,6 @@ class CudaEngine(Engine):
         # Shapes are fixed per engine, so cuDNN's autotuner pays for itself after the first call.
         torch.backends.cudnn.benchmark = True
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple]] = {}
-        self._graph_pool = None  # one memory pool shared by all captured shapes
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
         log.info("CUDA engine on %s, %s, channels_last, CUDA graphs %s", self.device_name, precision,
@@ -83,10 +82,10 @@ class CudaEngine(Engine):
                 self.model(static_in)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        # Each shape keeps its own memory pool: sharing one is only safe when graphs replay in
+        # capture order, and frames arrive in batches of any size in any order.
+        with torch.cuda.graph(graph):
             static_out = _outputs(self.model(static_in))
-        if self._graph_pool is None:
-            self._graph_pool = graph.pool()
         return graph, static_in, static_out
 
     def _graph_for(self, shape: tuple[int, ...]):
