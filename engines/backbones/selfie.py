@@ -4,8 +4,9 @@ The network is the general-purpose selfie segmenter shipped in npm ``@mediapipe/
 (``selfie_segmentation.tflite``, Apache-2.0): a MobileNetV3-style encoder, an LR-ASPP-style pooling
 branch and a three-stage decoder that ends in a person logit. This is a hand-written PyTorch version
 of that graph. It reproduces the original at 256×256 and runs at any input size: the graph's
-fixed-size global pools become means over the actual feature map, its fixed-size upsamplings resize
-to the skip connection's size, and TensorFlow's "SAME" padding is computed from the input size.
+fixed-size global pools become means over the actual feature map, its fixed-size upsamplings become
+2× upsamplings cropped to the skip connection's size, and the padding of strided layers is computed
+from the input size so that odd sizes keep the geometry of the even size it was trained at.
 
 Weights: ``selfie_encoder()`` builds random weights, which is what loading a checkpoint needs.
 Training starts from the pretrained weights with :func:`load_selfie_weights`, which converts
@@ -23,10 +24,13 @@ from . import BackboneSpec
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow's "SAME" padding, which is asymmetric for strided layers.
+    """Conv2d padded as TensorFlow pads "SAME" on the even sizes the original was trained at.
 
-    For stride 2 on an even-sized input TensorFlow pads only the bottom/right; PyTorch's symmetric
-    padding would shift every feature by half a pixel and the port would not match the original.
+    For a stride-2 layer on an even input TensorFlow pads ``(k − 2) // 2`` before and the rest after,
+    so output ``i`` is centred on input ``2i + 1``; PyTorch's symmetric padding would shift every
+    feature by half a pixel. On odd inputs TensorFlow would switch to symmetric padding (centre
+    ``2i``), a geometry the network never saw; keeping the even-size offset instead (one more pixel
+    of padding after) makes every size behave like the training size.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
@@ -36,11 +40,11 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride[0] > 1:
             pads: list[int] = []
-            for size, kernel, stride in ((x.shape[-1], self.kernel_size[1], self.stride[1]),
-                                         (x.shape[-2], self.kernel_size[0], self.stride[0])):
-                out = -(-int(size) // stride)
-                total = max((out - 1) * stride + kernel - int(size), 0)
-                pads += [total // 2, total - total // 2]
+            for size, kernel, stride in ((int(x.shape[-1]), self.kernel_size[1], self.stride[1]),
+                                         (int(x.shape[-2]), self.kernel_size[0], self.stride[0])):
+                out = -(-size // stride)
+                before = (kernel - stride) // 2
+                pads += [before, (out - 1) * stride + kernel - size - before]
             x = F.pad(x, pads)
         return super().forward(x)
 
@@ -105,8 +109,10 @@ class DecoderStage(nn.Module):
         self.depthwise = nn.Conv2d(skip_ch, skip_ch, 3, padding=1, groups=skip_ch)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        # Resize to the skip's size (the original hard-codes 2×, which is the same only for even sizes).
-        up = self.project(F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False))
+        # Exactly 2× as in the original, then crop: an odd-sized skip is the 2× grid less its last row/column.
+        height, width = int(skip.shape[-2]), int(skip.shape[-1])
+        up = F.interpolate(x, size=(2 * int(x.shape[-2]), 2 * int(x.shape[-1])), mode="bilinear", align_corners=False)
+        up = self.project(up[..., :height, :width])
         summed = skip + up
         gate = torch.sigmoid(self.attention.expand(F.relu(self.attention.reduce(
             summed.mean(dim=(2, 3), keepdim=True)))))
@@ -118,8 +124,8 @@ class SelfieSegmentation(nn.Module):
     """The selfie-segmentation network; ``forward`` returns the features a segmentation head needs.
 
     ``forward(x)`` with ``x`` RGB in [0, 1] returns ``{"out": 128 channels at stride 16,
-    "low": 24 channels at stride 8, "mask": the person logit before the sigmoid}``. The mask has
-    twice the stride-2 grid's size: the input size when it is even, one pixel more when odd.
+    "low": 24 channels at stride 8, "mask": the person logit before the sigmoid, at the input's size}``.
+    Feature maps have ``ceil(size / stride)`` pixels.
     ``low="decoder"`` (default) takes the decoder's stride-8 features, which already combine the
     deep context with the skip; ``low="encoder"`` takes the encoder's own stride-8 block.
     """
@@ -168,7 +174,7 @@ class SelfieSegmentation(nn.Module):
             "add_7__xeno_compat__1": d8,
             "add_10__xeno_compat__1": d4,
             "add_13__xeno_compat__1": d2,
-            "segment": self.segment(d2),
+            "segment": self.segment(d2)[..., : x.shape[-2], : x.shape[-1]],
         }
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
