@@ -63,10 +63,7 @@ def print_qr(url: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.async_mode == "eventlet":
-        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")  # a known, chosen default
-        import eventlet
-
-        eventlet.monkey_patch()  # before anything else opens sockets or threads
+        _eventlet().monkey_patch()  # before anything else opens sockets or threads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from .app import ServerSettings, create_server
@@ -108,11 +105,17 @@ def main(argv: list[str] | None = None) -> None:
         serve_threading(server.app, args.host, args.port, cert, key)
 
 
+def _eventlet():
+    """eventlet, without its deprecation notice: it is the chosen default, and the mode is a setting."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+        import eventlet
+    return eventlet
+
+
 def make_listener(host: str, port: int, cert: str | None = None, key: str | None = None):
     """An eventlet listening socket with TCP_NODELAY, wrapped in TLS when a certificate is given."""
-    import eventlet
-
-    listener = eventlet.listen((host, port))
+    listener = _eventlet().listen((host, port))
     # Without this each binary Socket.IO message waits ~40 ms for Nagle + delayed ACK;
     # on Linux accepted connections inherit the option from the listening socket.
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -126,6 +129,7 @@ def make_listener(host: str, port: int, cert: str | None = None, key: str | None
 
 
 def serve_eventlet(app, host: str, port: int, cert: str | None, key: str | None, log_requests: bool) -> None:
+    _eventlet()
     import eventlet.wsgi
 
     eventlet.wsgi.server(make_listener(host, port, cert, key), app, log_output=log_requests, socket_timeout=60)

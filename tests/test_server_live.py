@@ -33,7 +33,6 @@ def test_certificate_names_the_lan_addresses_and_is_reused(tmp_path):
     assert cert_path.read_bytes() != first
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_accepted_connections_have_nagle_off():
     from server.__main__ import make_listener
 
