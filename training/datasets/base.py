@@ -34,7 +34,7 @@ def merge_lut(mapping: Mapping[int, int]) -> np.ndarray:
 
 def read_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
 def read_label(path: Path) -> np.ndarray:

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Score a PartCam checkpoint on a dataset: IoU per class and mIoU from one confusion matrix.
+
+    python scripts/evaluate.py --checkpoint runs/parts/best.safetensors --dataset synthetic --root data/synth_test
+    python scripts/evaluate.py --checkpoint CKPT --dataset lip --root /data/LIP --json lip.json
+
+Each whole image is letterboxed to the input size exactly as the engines do, the logits are
+upsampled bilinearly back to the label's own resolution, and every labelled pixel counts
+(255 = ignore). Prints a table like the paper's; the last line is ``mIoU: <percent>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from engines import CheckpointError, load_checkpoint
+from training.datasets import DATASETS, open_dataset
+from training.metrics import evaluate_model
+
+
+def format_table(rows: list[tuple[str, dict]], class_names: list[str]) -> str:
+    """A markdown table: one row per model, IoU (%) per class, then mIoU; '–' where a class is not scored."""
+    header = "| model | " + " | ".join(class_names) + " | mIoU |"
+    lines = [header, "|" + "---|" * (len(class_names) + 2)]
+    for name, result in rows:
+        cells = ["–" if result["iou"].get(c) is None else f"{100 * result['iou'][c]:.2f}" for c in class_names]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * result['miou']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="a PartCam .safetensors checkpoint")
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--root", type=Path, required=True, help="the dataset's folder")
+    p.add_argument("--split", help="dataset split (default: val for real datasets, the whole folder for synthetic)")
+    p.add_argument("--json", type=Path, help="write the result (IoU per class, mIoU, confusion matrix) here")
+    p.add_argument("--input-size", type=int, help="letterbox size (default: the checkpoint's)")
+    p.add_argument("--limit", type=int, help="score only the first N images")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, args.threads))
+    try:
+        model = load_checkpoint(args.checkpoint, device=device)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    meta = model.metadata
+    cls = DATASETS[args.dataset]
+    if meta.task not in cls.tasks:
+        print(f"error: {args.checkpoint} parses {meta.task!r}; {args.dataset} has labels for "
+              f"{', '.join(cls.tasks)} only", file=sys.stderr)
+        return 2
+    split = args.split or ("val" if "val" in cls.splits and args.dataset != "synthetic" else None)
+    try:
+        dataset = open_dataset(args.dataset, args.root, split=split, task=meta.task)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    input_size = args.input_size or meta.input_size
+
+    started = time.monotonic()
+    result = evaluate_model(model, dataset, input_size=input_size, device=device, limit=args.limit,
+                            batch_size=args.batch_size, progress=args.progress)
+    seconds = time.monotonic() - started
+    result.update(checkpoint=str(args.checkpoint), dataset=args.dataset, root=str(args.root), split=dataset.split,
+                  task=meta.task, input_size=input_size, backbone=meta.backbone, merge=meta.merge,
+                  scales=meta.scales, trained_on=meta.trained_on, seconds=seconds)
+
+    label = f"{meta.backbone}/{meta.merge}"
+    print(f"\n{meta.task} on {dataset.describe()}, {result['images']} images at input {input_size}, "
+          f"{seconds:.1f} s")
+    print(f"checkpoint {args.checkpoint} (trained on: {meta.trained_on})\n")
+    print(format_table([(label, result)], list(meta.classes)))
+    print(f"\npixel accuracy: {100 * result['pixel_accuracy']:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    print(f"mIoU: {100 * result['miou']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

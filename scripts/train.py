@@ -1,0 +1,409 @@
+#!/usr/bin/env python
+"""Train a PartCam parsing network (any backbone and merge) on synthetic and/or real data.
+
+    python scripts/train.py --task parts --backbone mobilenetv3_large --merge attention \\
+        --data synthetic:data/synth:1.0 --val synthetic:data/synth_val --run runs/parts --time-budget 60
+
+Resumable: ``RUN/last.pt`` holds model, optimiser, scheduler, step, RNG and history, written
+atomically; ``--resume`` continues exactly where it stopped (the data stream is a function of
+the step). The best model by validation mIoU is ``RUN/best.safetensors``, a PartCam checkpoint
+the engines load directly. ``RUN/curves.png`` plots the loss and validation mIoU.
+
+The paper's schedule (DeepLab attention-to-scale, Caffe): SGD, batch 30, base lr 0.001 with the
+classifier at ×10, lr ×0.1 after 2,000 iterations, momentum 0.9, weight decay 5e-4, starting
+from ImageNet weights. ``--schedule paper`` reproduces that step schedule; the default here is
+the poly schedule lr·(1 − step/steps)^0.9 that later DeepLabs use. From random weights on a CPU,
+``--optimizer adamw --lr 1e-3`` converges far faster than SGD.
+
+Several GPUs: ``torchrun --nproc_per_node=N scripts/train.py ...`` (DDP; ``--batch-size`` is per GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch import distributed as dist
+from torch.utils.data import DataLoader
+
+from engines import BACKBONES, MERGES, TASKS, build_model, load_checkpoint, load_torchvision_weights, save_checkpoint
+from training.augment import TrainTransform
+from training.datasets import MixedBatchSampler, MixedDataset, open_dataset, parse_source
+from training.losses import parsing_loss
+from training.metrics import evaluate_model
+
+# Options that may change when a run resumes; everything else comes from the saved run.
+RUNTIME_OPTIONS = {"resume", "time_budget", "threads", "workers", "device", "progress", "val_limit", "amp"}
+
+
+def _torchvision_backbone(model: torch.nn.Module, path: str) -> str:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = load_torchvision_weights(model.net.backbone, state)
+    return f"torchvision ImageNet weights from {path} ({len(missing)} backbone tensors left random)"
+
+
+# --pretrained-backbone KIND:PATH. Other encoders plug in here, or as "package.module:function"
+# (called as function(model, path) -> description) without editing this file.
+BACKBONE_INITIALISERS = {"torchvision": _torchvision_backbone}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="run folder (last.pt, best.safetensors, curves.png)")
+    p.add_argument("--resume", action="store_true", help="continue RUN/last.pt if it exists (else start fresh)")
+    model = p.add_argument_group("model")
+    model.add_argument("--task", choices=sorted(TASKS), default="parts")
+    model.add_argument("--backbone", choices=sorted(BACKBONES), default="mobilenetv3_large")
+    model.add_argument("--merge", choices=MERGES, default="attention")
+    model.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75, 0.5])
+    model.add_argument("--attention-width", type=int, help="attention hidden width (default: the backbone's)")
+    model.add_argument("--backbone-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"output_stride": 8}\'')
+    model.add_argument("--init", help="start from this PartCam checkpoint's weights (tensors of matching shape)")
+    model.add_argument("--pretrained-backbone", metavar="KIND:PATH",
+                       help="load encoder weights: torchvision:/path/mobilenet_v3_large.pth, or "
+                            "package.module:function:PATH for another initialiser")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", action="append", required=True, metavar="NAME:ROOT[:WEIGHT][@SPLIT]",
+                      help="a training source, repeatable: synthetic:data/synth:1.0 --data lip:/data/LIP:0.5")
+    data.add_argument("--val", metavar="NAME:ROOT[@SPLIT]", help="held-out set for periodic validation")
+    data.add_argument("--crop-size", type=int, default=320)
+    data.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 1.5])
+    data.add_argument("--no-flip", action="store_true")
+    data.add_argument("--input-size", type=int, help="validation input size and the checkpoint's (default: crop)")
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--steps", type=int, default=20000, help="total iterations (the lr schedule's length)")
+    optim.add_argument("--batch-size", type=int, default=8, help="per process")
+    optim.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    optim.add_argument("--lr", type=float, help="base lr (default 0.001 for sgd, 0.001 for adamw)")
+    optim.add_argument("--classifier-lr-mult", type=float, default=1.0,
+                       help="lr multiplier for the new layers (classifier, attention); the paper used 10 "
+                            "on an ImageNet-initialised backbone")
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--weight-decay", type=float, help="default 5e-4 for sgd, 1e-4 for adamw")
+    optim.add_argument("--schedule", choices=("poly", "paper"), default="poly",
+                       help="poly: (1-step/steps)^0.9; paper: ×0.1 after --paper-drop-step")
+    optim.add_argument("--paper-drop-step", type=int, default=2000)
+    optim.add_argument("--no-extra-supervision", action="store_true", help="loss on the fused output only")
+    optim.add_argument("--label-grid", action="store_true",
+                       help="downsample labels to the logits grid (the paper) instead of upsampling logits")
+    optim.add_argument("--seed", type=int, default=0)
+    run = p.add_argument_group("running")
+    run.add_argument("--val-every", type=int, default=500, help="steps between validations (and best saves)")
+    run.add_argument("--val-limit", type=int, default=200, help="validation images (0 = all)")
+    run.add_argument("--save-every", type=int, default=200, help="steps between RUN/last.pt saves")
+    run.add_argument("--log-every", type=int, default=20)
+    run.add_argument("--time-budget", type=float, help="minutes; stop cleanly (validate, save) before it ends")
+    run.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch")
+    run.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    run.add_argument("--half", action="store_true", help="store best.safetensors in fp16 (half the size)")
+    run.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    if args.lr is None:
+        args.lr = 1e-3
+    if args.weight_decay is None:
+        args.weight_decay = 5e-4 if args.optimizer == "sgd" else 1e-4
+    if args.input_size is None:
+        args.input_size = args.crop_size
+    return args
+
+
+def _jsonable(args: argparse.Namespace) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def atomic_torch_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def lr_factor(step: int, args: argparse.Namespace) -> float:
+    if args.schedule == "paper":
+        return 0.1 if step >= args.paper_drop_step else 1.0
+    return max(0.0, 1.0 - step / max(1, args.steps)) ** 0.9
+
+
+def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """Param groups: backbone/head vs new layers (× classifier-lr-mult); no decay on biases and norms."""
+    new_layers = {id(p) for m in (model.net.classifier, model.merge) for p in m.parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for param in model.parameters():
+        if param.requires_grad:
+            groups.setdefault((id(param) in new_layers, param.ndim > 1), []).append(param)
+    param_groups = [
+        {"params": params, "lr": args.lr * (args.classifier_lr_mult if new else 1.0),
+         "weight_decay": args.weight_decay if decay else 0.0}
+        for (new, decay), params in sorted(groups.items())
+    ]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=args.lr, momentum=args.momentum)
+    return torch.optim.AdamW(param_groups, lr=args.lr)
+
+
+def initialise(model: torch.nn.Module, args: argparse.Namespace) -> list[str]:
+    """Apply --init and --pretrained-backbone; returns what was loaded, for the checkpoint notes."""
+    notes = []
+    if args.pretrained_backbone:
+        kind, _, path = args.pretrained_backbone.partition(":")
+        if kind in BACKBONE_INITIALISERS:
+            notes.append(BACKBONE_INITIALISERS[kind](model, path))
+        else:  # package.module:function:PATH
+            function, _, path = path.partition(":")
+            if not function or not path:
+                raise SystemExit(f"--pretrained-backbone: unknown kind {kind!r}; use "
+                                 f"{', '.join(BACKBONE_INITIALISERS)}:PATH or package.module:function:PATH")
+            notes.append(str(getattr(importlib.import_module(kind), function)(model, path)))
+    if args.init:
+        source = load_checkpoint(args.init).state_dict()
+        own = model.state_dict()
+        matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(matched, strict=False)
+        notes.append(f"initialised from {args.init} ({len(matched)}/{len(own)} tensors)")
+    return notes
+
+
+def plot_curves(history: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 3.8))
+    train = history.get("train", [])
+    if train:
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    ax_loss.set(xlabel="step", ylabel="training loss", title="Loss")
+    ax_loss.grid(alpha=0.3)
+    val = history.get("val", [])
+    if val:
+        ax_miou.plot([r["step"] for r in val], [100 * r["miou"] for r in val], "o-", lw=1.5)
+    ax_miou.set(xlabel="step", ylabel="mIoU (%)", title="Validation mIoU")
+    ax_miou.grid(alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers decode and augment; the main process owns the cores for the network
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    last_path = args.run / "last.pt"
+    state = None
+    if args.resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        saved = state["args"]
+        for key, value in saved.items():  # the run's own settings win, runtime options come from this call
+            if key not in RUNTIME_OPTIONS and key != "run":
+                setattr(args, key, value)
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = 0, 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    is_main = rank == 0
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, args.threads))
+    torch.manual_seed(args.seed + rank)
+
+    # Data: each source gets augmentation that knows its own left/right label swaps.
+    sources, weights = [], []
+    for text in args.data:
+        spec = parse_source(text)
+        dataset = open_dataset(spec.name, spec.root, split=spec.split, task=args.task)
+        dataset.transform = TrainTransform(crop_size=args.crop_size, scale_range=tuple(args.scale_range),
+                                           flip=not args.no_flip, flip_lut=dataset.flip_lut())
+        sources.append(dataset)
+        weights.append(spec.weight)
+    trained_on = " + ".join(f"{s.describe()} ×{w:g}" for s, w in zip(sources, weights))
+    val_set = None
+    if args.val:
+        spec = parse_source(args.val)
+        val_set = open_dataset(spec.name, spec.root, split=spec.split or ("val" if spec.name != "synthetic" else None),
+                               task=args.task)
+
+    model = build_model(task=args.task, backbone=args.backbone, merge=args.merge, scales=args.scales,
+                        attention_width=args.attention_width, backbone_kwargs=args.backbone_kwargs)
+    init_notes = initialise(model, args) if state is None else list(state.get("init_notes", []))
+    model.to(device).train()
+    optimizer = make_optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args))
+    step, history, best = 0, {"train": [], "val": []}, {"miou": -1.0, "step": None}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, history, best = int(state["step"]), state["history"], state["best"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0], device)
+    core = model
+    if distributed:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        core = model
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = MixedBatchSampler([len(s) for s in sources], weights, args.batch_size, seed=args.seed,
+                                start_step=step, rank=rank)
+    loader = DataLoader(MixedDataset(sources), batch_sampler=sampler, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", worker_init_fn=_worker_init if args.workers else None,
+                        prefetch_factor=4 if args.workers else None, persistent_workers=False)
+    extra = not args.no_extra_supervision
+
+    def save_last() -> None:
+        if not is_main:
+            return
+        rng = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = [torch.cuda.get_rng_state(device)]
+        atomic_torch_save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "step": step, "rng": rng, "history": history,
+                           "best": best, "args": _jsonable(args), "init_notes": init_notes}, last_path)
+        plot_curves(history, args.run / "curves.png")
+
+    def save_best(metrics: dict) -> None:
+        notes = (f"{args.backbone}/{args.merge}, extra supervision {'on' if extra else 'off'}, {args.optimizer} "
+                 f"lr {args.lr:g} ({args.schedule}), batch {args.batch_size}×{world}, crop {args.crop_size}, "
+                 f"step {step}/{args.steps}" + "".join(f"; {n}" for n in init_notes))
+        save_checkpoint(args.run / "best.safetensors", core, half=args.half, input_size=args.input_size,
+                        trained=True, trained_on=trained_on, metrics=metrics, notes=notes)
+
+    def validate() -> None:
+        started = time.monotonic()
+        result = evaluate_model(core, val_set, input_size=args.input_size, device=device,
+                                limit=args.val_limit or None)
+        history["val"].append({"step": step, "miou": result["miou"], "iou": result["iou"],
+                               "seconds": time.monotonic() - started})
+        if result["miou"] > best["miou"]:
+            best.update(miou=result["miou"], step=step)
+            save_best({"val_miou": result["miou"], "val_iou": result["iou"], "val_images": result["images"],
+                       "val_dataset": val_set.describe(), "step": step})
+        print(f"step {step}: validation mIoU {100 * result['miou']:.2f} (best {100 * best['miou']:.2f} "
+              f"at step {best['step']})", flush=True)
+
+    if is_main:
+        args.run.mkdir(parents=True, exist_ok=True)
+        (args.run / "args.json").write_text(json.dumps(_jsonable(args), indent=2))
+        print(f"{'resuming at' if state else 'starting at'} step {step}/{args.steps} on {device} "
+              f"(world {world}); training on {trained_on}", flush=True)
+
+    started = time.monotonic()
+    budget = args.time_budget * 60 if args.time_budget else math.inf
+    reserve = 0.0  # seconds kept for the last validation and save
+    bar = None
+    if is_main and args.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, initial=step, unit="step", dynamic_ncols=True, mininterval=2)
+    window_loss, window_n, window_start = 0.0, 0, time.monotonic()
+    step_seconds = 0.0
+    stopped_early = False
+    batches = iter(loader)
+    try:
+        while step < args.steps:
+            elapsed = time.monotonic() - started
+            stop = torch.tensor([int(elapsed + step_seconds + reserve > budget)], device=device)
+            if distributed:
+                dist.broadcast(stop, 0)
+            if stop.item():
+                stopped_early = True
+                break
+            t0 = time.monotonic()
+            images, labels = next(batches)
+            images = images.to(device, non_blocking=True).float()
+            labels = labels.to(device, non_blocking=True).long()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
+                output = model(core.preprocessing.normalise(images))
+                loss, terms = parsing_loss(output, labels, extra_supervision=extra, label_grid=args.label_grid)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            step_seconds = 0.9 * step_seconds + 0.1 * (time.monotonic() - t0) if step_seconds else time.monotonic() - t0
+            window_loss += float(loss.detach())
+            window_n += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            if is_main and (step % args.log_every == 0 or step == args.steps):
+                seconds = time.monotonic() - window_start
+                history["train"].append({"step": step, "loss": window_loss / window_n,
+                                         "lr": scheduler.get_last_lr()[0],
+                                         "images_per_s": window_n * args.batch_size * world / max(seconds, 1e-9),
+                                         "terms": terms})
+                window_loss, window_n, window_start = 0.0, 0, time.monotonic()
+            if val_set is not None and step % args.val_every == 0:
+                if is_main:
+                    validate()
+                    reserve = history["val"][-1]["seconds"] + 5
+                if distributed:
+                    dist.barrier()
+            if step % args.save_every == 0:
+                save_last()
+    except KeyboardInterrupt:
+        stopped_early = True
+        if is_main:
+            print(f"\ninterrupted at step {step}; saving {last_path}", flush=True)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if is_main:
+        if val_set is not None and (not history["val"] or history["val"][-1]["step"] != step):
+            validate()
+        elif val_set is None:
+            save_best({"step": step, "note": "no validation set; this is the latest model"})
+        save_last()
+        speed = [r["images_per_s"] for r in history["train"][-10:]]
+        print(f"{'stopped' if stopped_early else 'finished'} at step {step}/{args.steps} after "
+              f"{(time.monotonic() - started) / 60:.1f} min"
+              + (f", {sum(speed) / len(speed):.1f} images/s" if speed else "")
+              + (f"; best validation mIoU {100 * best['miou']:.2f} at step {best['step']}" if val_set else "")
+              + f"; {args.run / 'best.safetensors'}", flush=True)
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
