@@ -43,7 +43,7 @@ from training.losses import parsing_loss
 from training.metrics import evaluate_model
 
 # Options that may change when a run resumes; everything else comes from the saved run.
-RUNTIME_OPTIONS = {"resume", "time_budget", "threads", "workers", "device", "progress", "val_limit", "amp"}
+RUNTIME_OPTIONS = {"resume", "time_budget", "stop_at", "threads", "workers", "device", "progress", "val_limit", "amp"}
 
 
 def _torchvision_backbone(model: torch.nn.Module, path: str) -> str:
@@ -104,6 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--save-every", type=int, default=200, help="steps between RUN/last.pt saves")
     run.add_argument("--log-every", type=int, default=20)
     run.add_argument("--time-budget", type=float, help="minutes; stop cleanly (validate, save) before it ends")
+    run.add_argument("--stop-at", type=int, help="stop cleanly at this step (the schedule still spans --steps)")
     run.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch")
     run.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -335,16 +336,15 @@ def main(argv: list[str] | None = None) -> int:
         bar = tqdm(total=args.steps, initial=step, unit="step", dynamic_ncols=True, mininterval=2)
     window_loss, window_n, window_start = 0.0, 0, time.monotonic()
     step_seconds = 0.0
-    stopped_early = False
     batches = iter(loader)
     try:
-        while step < args.steps:
+        end = min(args.steps, args.stop_at or args.steps)
+        while step < end:
             elapsed = time.monotonic() - started
             stop = torch.tensor([int(elapsed + step_seconds + reserve > budget)], device=device)
             if distributed:
                 dist.broadcast(stop, 0)
             if stop.item():
-                stopped_early = True
                 break
             t0 = time.monotonic()
             images, labels = next(batches)
@@ -380,7 +380,6 @@ def main(argv: list[str] | None = None) -> int:
             if step % args.save_every == 0:
                 save_last()
     except KeyboardInterrupt:
-        stopped_early = True
         if is_main:
             print(f"\ninterrupted at step {step}; saving {last_path}", flush=True)
     finally:
@@ -394,7 +393,12 @@ def main(argv: list[str] | None = None) -> int:
             save_best({"step": step, "note": "no validation set; this is the latest model"})
         save_last()
         speed = [r["images_per_s"] for r in history["train"][-10:]]
-        print(f"{'stopped' if stopped_early else 'finished'} at step {step}/{args.steps} after "
+        summary = {"step": step, "steps": args.steps, "finished": step >= args.steps,
+                   "minutes_this_call": (time.monotonic() - started) / 60,
+                   "images_per_s": sum(speed) / len(speed) if speed else None,
+                   "best_val_miou": best["miou"] if val_set else None, "best_step": best["step"]}
+        (args.run / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"{'finished' if step >= args.steps else 'stopped'} at step {step}/{args.steps} after "
               f"{(time.monotonic() - started) / 60:.1f} min"
               + (f", {sum(speed) / len(speed):.1f} images/s" if speed else "")
               + (f"; best validation mIoU {100 * best['miou']:.2f} at step {best['step']}" if val_set else "")
