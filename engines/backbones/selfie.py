@@ -104,7 +104,7 @@ class DecoderStage(nn.Module):
     def __init__(self, in_ch: int, skip_ch: int) -> None:
         super().__init__()
         self.project = nn.Conv2d(in_ch, skip_ch, 1)
-        self.attention = SqueezeExcite(skip_ch, skip_ch)
+        self.attention = SqueezeExcite(skip_ch, skip_ch)  # only its two convs: the gate is applied to the skip
         self.pointwise = nn.Conv2d(skip_ch, skip_ch, 1)
         self.depthwise = nn.Conv2d(skip_ch, skip_ch, 3, padding=1, groups=skip_ch)
 
@@ -114,6 +114,7 @@ class DecoderStage(nn.Module):
         up = F.interpolate(x, size=(2 * int(x.shape[-2]), 2 * int(x.shape[-1])), mode="bilinear", align_corners=False)
         up = self.project(up[..., :height, :width])
         summed = skip + up
+        # The original gates the skip alone with channel weights computed from skip + upsampled.
         gate = torch.sigmoid(self.attention.expand(F.relu(self.attention.reduce(
             summed.mean(dim=(2, 3), keepdim=True)))))
         fused = F.relu(self.pointwise(skip * gate + up))
