@@ -286,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                                 start_step=step, rank=rank)
     loader = DataLoader(MixedDataset(sources), batch_sampler=sampler, num_workers=args.workers,
                         pin_memory=device.type == "cuda", worker_init_fn=_worker_init if args.workers else None,
-                        prefetch_factor=4 if args.workers else None, persistent_workers=False)
+                        prefetch_factor=4 if args.workers else None,
+                        # its own generator: starting the loader must not draw from the global RNG (dropout's),
+                        # or a resumed run would diverge from an uninterrupted one
+                        generator=torch.Generator().manual_seed(args.seed))
     extra = not args.no_extra_supervision
 
     def save_last() -> None:
