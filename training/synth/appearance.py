@@ -189,23 +189,28 @@ class Backgrounds:
             else:
                 pts = [tuple(p) for p in (rng.uniform(-0.1, 1.1, (int(rng.integers(3, 6)), 2)) * s)]
                 draw.polygon(pts, fill=col)
-        if rng.random() < 0.4:
-            pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(1, 4)))
+        if rng.random() < 0.4:  # out of focus: a cheap blur by shrinking and enlarging
+            small = max(8, int(size / rng.uniform(2, 6)))
+            pil = pil.resize((small, small), Image.BILINEAR).resize((size, size), Image.BILINEAR)
         return np.asarray(pil, np.float32)
 
 
 def degrade(rgb: np.ndarray, rng: np.random.Generator) -> bytes:
     """Phone-camera look: colour cast, exposure, blur, sensor noise, then a JPEG of random quality."""
-    img = rgb.astype(np.float32)
-    img *= rng.uniform(0.88, 1.12, 3)  # white balance off
-    img = 255 * (np.clip(img, 0, 255) / 255) ** rng.uniform(0.8, 1.25)
-    img = (img - 128) * rng.uniform(0.8, 1.15) + 128 + rng.normal(0, 8)
-    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    # White balance, gamma, contrast and brightness folded into one lookup table per channel.
+    levels = np.arange(256, dtype=np.float32)[:, None] * rng.uniform(0.88, 1.12, 3).astype(np.float32)
+    levels = 255 * (np.clip(levels, 0, 255) / 255) ** rng.uniform(0.8, 1.25)
+    levels = (levels - 128) * rng.uniform(0.8, 1.15) + 128 + rng.normal(0, 8)
+    lut = np.clip(levels, 0, 255).astype(np.uint8)
+    img = np.clip(rgb, 0, 255).astype(np.uint8)
+    pil = Image.fromarray(np.stack([lut[img[..., c], c] for c in range(3)], -1))
     r = rng.random()
-    if r < 0.45:
-        pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.3)))
-    elif r < 0.55:
-        pil = pil.filter(ImageFilter.BoxBlur(rng.uniform(0.5, 1.5)))
+    if r < 0.5:  # defocus, shake or a digital zoom: resampling through a smaller image blurs cheaply
+        w, h = pil.size
+        factor = rng.uniform(1.25, 2.6)
+        pil = pil.resize((int(w / factor), int(h / factor)), Image.BILINEAR).resize((w, h), Image.BICUBIC)
+    elif r < 0.6:
+        pil = pil.filter(ImageFilter.BoxBlur(rng.uniform(0.5, 1.2)))
     if rng.random() < 0.6:
         arr = np.array(pil, np.float32)
         arr += rng.standard_normal(arr.shape, dtype=np.float32) * np.float32(rng.uniform(1, 7))

@@ -6,6 +6,7 @@ non-commercial assets and are never touched.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,11 @@ def axis_rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
     return _rotvec_to_matrix(np.asarray(axis, dtype=np.float64) * np.deg2rad(degrees))
 
 
+def _skew(axis: np.ndarray) -> np.ndarray:
+    k = np.asarray(axis, np.float64) / np.linalg.norm(axis)
+    return np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+
+
 @dataclass
 class Joint:
     """Anatomical axes of one bone, from the rest pose (anny's local-ref frames are world-aligned at rest)."""
@@ -75,8 +81,18 @@ class Joint:
     flex: np.ndarray  # positive flex swings the bone towards the front (-y)
     abduct: np.ndarray  # positive abduction swings it away from the body's midline (or to the side)
 
+    def __post_init__(self) -> None:
+        # Rodrigues' formula per axis: R(t) = I + sin(t) K + (1 - cos(t)) K^2.
+        self._k = [_skew(a) for a in (self.flex, self.abduct, self.twist)]
+        self._k2 = [k @ k for k in self._k]
+
     def rotation(self, flex: float = 0.0, abduct: float = 0.0, twist: float = 0.0) -> np.ndarray:
-        return axis_rotation(self.flex, flex) @ axis_rotation(self.abduct, abduct) @ axis_rotation(self.twist, twist)
+        out = np.eye(3)
+        for k, k2, deg in zip(self._k, self._k2, (flex, abduct, twist)):
+            if deg:
+                t = math.radians(deg)
+                out = out @ (np.eye(3) + math.sin(t) * k + (1 - math.cos(t)) * k2)
+        return out
 
 
 class BodyModel:

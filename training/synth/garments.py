@@ -119,21 +119,17 @@ class GarmentBuilder:
         head_r = max(float(hv[:, 0].max() - hv[:, 0].min()), float(hv[:, 1].max() - hv[:, 1].min())) / 2
         verts = []
         upper = self.rest[self.torso | head_mask]
+        dirs = np.stack([np.sin(ang), np.cos(ang)], 1)  # (cols, 2)
+        perps = np.stack([-dirs[:, 1], dirs[:, 0]], 1)
         for z in np.linspace(top_z - 0.04, bottom_z, rows):
-            near = upper[np.abs(upper[:, 2] - z) < 0.025]
-            for t in ang:
-                d = np.array([np.sin(t), np.cos(t)])
-                r = head_r * 0.9
-                if len(near):
-                    rel = near[:, :2] - centre
-                    along = rel @ d
-                    perp = np.abs(rel @ np.array([-d[1], d[0]]))
-                    hits = along[perp < 0.03]
-                    if len(hits):
-                        r = max(r * 0.6, float(hits.max()))
-                r = min(r + 0.015, head_r * 1.5)
-                verts.append((centre[0] + d[0] * r, centre[1] + d[1] * r, z))
-        # Close the crown with a ring a little above the top row.
+            # Per direction, the furthest body point in a narrow wedge: hair lies on head, shoulders, back.
+            rel = upper[np.abs(upper[:, 2] - z) < 0.025][:, :2] - centre
+            along = rel @ dirs.T  # (n, cols)
+            near = np.abs(rel @ perps.T) < 0.03
+            reach = np.where(near, along, -np.inf).max(0) if len(rel) else np.full(cols, -np.inf)
+            r = np.where(np.isfinite(reach), np.maximum(head_r * 0.54, reach), head_r * 0.9)
+            r = np.minimum(r + 0.015, head_r * 1.5)
+            verts += [(centre[0] + d[0] * ri, centre[1] + d[1] * ri, z) for d, ri in zip(dirs, r)]
         v = np.asarray(verts, np.float32)
         p = np.zeros((len(v), 7), np.float32)
         p[:, 1] = 1.0

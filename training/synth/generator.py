@@ -22,8 +22,8 @@ from .appearance import (
     skin_colour,
 )
 from .body import BodyModel
-from .garments import GarmentBuilder, Piece, borrow_skinning
-from .poses import PoseSampler
+from .garments import GarmentBuilder, Piece, borrow_skinning, box
+from .poses import CHECKED_POSES, PoseSampler
 from .raster import rasterize
 
 GENERATOR_VERSION = "synth-1.0"
@@ -66,6 +66,54 @@ def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     for k in range(3):
         np.add.at(vn, faces[:, k], fn)
     return vn / (np.linalg.norm(vn, axis=1, keepdims=True) + 1e-12)
+
+
+def antialias_edges(image: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """Soften the one-pixel staircase where surfaces meet (the labels stay exact)."""
+    h, w = face.shape
+    edge = np.zeros(face.shape, bool)
+    dx = face[:, 1:] != face[:, :-1]
+    dy = face[1:] != face[:-1]
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    edge[1:] |= dy
+    edge[:-1] |= dy
+    ys, xs = np.nonzero(edge)
+    # Edges between triangles of one mesh get the same treatment; that is harmless and cheaper.
+    neighbours = (
+        image[ys, np.maximum(xs - 1, 0)]
+        + image[ys, np.minimum(xs + 1, w - 1)]
+        + image[np.maximum(ys - 1, 0), xs]
+        + image[np.minimum(ys + 1, h - 1), xs]
+    )
+    out = image.copy()
+    out[ys, xs] = 0.5 * image[ys, xs] + 0.125 * neighbours
+    return out
+
+
+def letterbox(
+    image: np.ndarray, parts: np.ndarray, clothes: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A wide or tall frame padded to a square the way apps do it, with blurred content, never black bars."""
+    size = image.shape[0]
+    aspect = rng.choice([4 / 3, 16 / 9])
+    inner = round(float(size / aspect))
+    pad0 = int(rng.integers(0, size - inner + 1))
+    small = (size, inner) if rng.random() < 0.5 else (inner, size)  # (width, height)
+    pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+    fg = pil.resize(small, Image.BILINEAR)
+    bg = pil.resize((16, 16), Image.BILINEAR).resize((size, size), Image.BILINEAR)
+    bg = Image.blend(
+        bg, Image.new("RGB", (size, size), tuple(int(v) for v in rng.uniform(60, 230, 3))), float(rng.uniform(0, 0.6))
+    )
+    offset = (0, pad0) if small[1] == inner else (pad0, 0)
+    bg.paste(fg, offset)
+    out_labels = []
+    for lab in (parts, clothes):
+        canvas = Image.new("L", (size, size), 0)
+        canvas.paste(Image.fromarray(lab).resize(small, Image.NEAREST), offset)
+        out_labels.append(np.asarray(canvas))
+    return np.asarray(bg, np.float32), out_labels[0], out_labels[1]
 
 
 def rot_z(degrees: float) -> np.ndarray:
@@ -206,26 +254,29 @@ class SyntheticPeople:
         return Person(phenotype, kind, rotations, outfit, mats, float(yaw), np.zeros(3))
 
     def _skin(self, people: list[Person], rng: np.random.Generator) -> dict:
-        """Skin everybody, replacing self-intersecting poses: two more candidates per person (same kind,
-        then standing) are skinned in the same batch, and the first clean one is kept."""
+        """Skin everybody; self-intersecting poses are replaced by another of the same kind or else a standing
+        one (both skinned in one more batch, only when needed)."""
         body = self.body
+        out = body.skin([p.rotations for p in people], [p.phenotype for p in people])
+
+        def clean(vertices: np.ndarray, kind: str) -> bool:
+            return kind not in CHECKED_POSES or not body.self_intersects(vertices)
+
+        bad = [i for i, p in enumerate(people) if not clean(out["vertices"][i], p.pose_kind)]
+        if not bad:
+            return out
         candidates = []
-        for p in people:
-            candidates += [p.rotations, self.poses.sample(rng, p.pose_kind)[1], self.poses.sample(rng, "standing")[1]]
-        phenotypes = [p.phenotype for p in people for _ in range(3)]
-        out = body.skin(candidates, phenotypes)
-        chosen = []
-        for i, p in enumerate(people):
-            pick_row = 3 * i + 2
-            for k in range(3):
-                if not body.self_intersects(out["vertices"][3 * i + k]):
-                    pick_row = 3 * i + k
-                    break
-            if pick_row == 3 * i + 2:
-                p.pose_kind = "standing"
-            p.rotations = candidates[pick_row]
-            chosen.append(pick_row)
-        return {key: value[chosen] for key, value in out.items()}
+        for i in bad:
+            candidates += [self.poses.sample(rng, people[i].pose_kind)[1], self.poses.sample(rng, "standing")[1]]
+        retry = body.skin(candidates, [people[i].phenotype for i in bad for _ in range(2)])
+        for j, i in enumerate(bad):
+            row = 2 * j if clean(retry["vertices"][2 * j], people[i].pose_kind) else 2 * j + 1
+            if row == 2 * j + 1:
+                people[i].pose_kind = "standing"
+            people[i].rotations = candidates[row]
+            for key in out:
+                out[key][i] = retry[key][row]
+        return out
 
     def _pieces(self, person: Person, b: int, skinned: dict, rng: np.random.Generator) -> list[Piece]:
         o = person.outfit
@@ -288,6 +339,14 @@ class SyntheticPeople:
         cam_pos, cam_rot, focal = self._camera(
             people[0], main_verts, skinned["heads"][0] @ rot_z(people[0].yaw).T + people[0].offset, rng
         )
+        prop_mats: dict[str, Material] = {}
+        for b, person in enumerate(people):
+            if person.pose_kind == "sitting":
+                heads = skinned["heads"][b] @ rot_z(person.yaw).T + person.offset
+                meshes.append((-1, self._seat(heads, person.yaw, rng, prop_mats), None, None, False))
+        if rng.random() < 0.25:
+            meshes.append((-1, self._occluder(cam_pos, cam_rot, focal, main_verts, rng, prop_mats), None, None, False))
+        meshes = [m if m[0] >= 0 else (-1, m[1], m[1].vertices, m[1].faces, False) for m in meshes]
 
         # Concatenate the scene: per-vertex attributes are parts(7) | texcoord(3) | normal(3) | fields(8).
         all_v, all_f, all_attr, two_sided, face_mesh = [], [], [], [], []
@@ -330,12 +389,12 @@ class SyntheticPeople:
                 sel = np.nonzero(pix_mesh == mi)[0]
                 if len(sel) == 0:
                     continue
-                mats = people[b].materials
+                mats = people[b].materials if b >= 0 else prop_mats
                 if piece is None:
                     names = self._body_materials(people[b], a[sel])
                 else:
                     names = np.full(len(sel), piece.material, object)
-                for name in set(names.tolist()):
+                for name in sorted(set(names.tolist())):
                     s2 = sel[names == name]
                     m = mats[name]
                     colour[s2] = fabric(m.colour, m.pattern, a[s2, 7:10])
@@ -346,8 +405,54 @@ class SyntheticPeople:
             clothes[frags.pixels] = labels
             shaded = self._shade(colour, a[:, 10:13], shine, rng)
             image[frags.pixels] = shaded
-        jpeg = degrade(image.reshape(size, size, 3), rng)
-        return jpeg, parts.reshape(size, size), clothes.reshape(size, size)
+        image = image.reshape(size, size, 3)
+        image = antialias_edges(image, frags.face)
+        parts, clothes = parts.reshape(size, size), clothes.reshape(size, size)
+        if rng.random() < 0.08:
+            image, parts, clothes = letterbox(image, parts, clothes, rng)
+        return degrade(image, rng), parts, clothes
+
+    def _seat(self, heads: np.ndarray, yaw: float, rng: np.random.Generator, mats: dict) -> Piece:
+        """A chair, bench or stool under a sitting person's thighs (background in both tasks)."""
+        bones = self.body.bones
+        hips = (heads[bones.index("upperleg01.L")] + heads[bones.index("upperleg01.R")]) / 2
+        knees = (heads[bones.index("lowerleg01.L")] + heads[bones.index("lowerleg01.R")]) / 2
+        top = min(hips[2], knees[2]) - rng.uniform(0.06, 0.1)
+        centre = (hips + knees) / 2 + (hips - knees) * 0.2
+        half = np.array([rng.uniform(0.2, 0.6), rng.uniform(0.18, 0.3), max(top, 0.05) / 2])
+        verts, faces = box(np.array([0.0, 0.0, 0.0]), half)
+        verts = verts @ rot_z(yaw).T + np.array([centre[0], centre[1], top / 2])
+        return self._prop_piece(verts, faces, rng, mats)
+
+    def _occluder(self, cam_pos, cam_rot, focal, target_verts, rng: np.random.Generator, mats: dict) -> Piece:
+        """A table, pole or box between the camera and the main person, so people are seen partly hidden."""
+        centre = target_verts.mean(0)
+        depth = float(np.linalg.norm(centre - cam_pos))
+        t = rng.uniform(0.3, 0.75)
+        spot = cam_pos + (centre - cam_pos) * t
+        right, down = cam_rot[0], cam_rot[1]
+        view_half = depth * t * self.size / (2 * focal)  # half the visible width at that depth
+        kind = rng.random()
+        if kind < 0.4:  # pole or door frame
+            half = np.array([rng.uniform(0.02, 0.12), rng.uniform(0.02, 0.12), 3.0])
+            spot = spot + right * rng.uniform(-0.6, 0.6) * view_half
+        elif kind < 0.75:  # table or counter edge low in the frame
+            half = np.array([view_half * 2, rng.uniform(0.2, 0.5), rng.uniform(0.02, 0.4)])
+            spot = spot + down * rng.uniform(0.3, 0.9) * view_half
+        else:  # a box or car-sized block to one side
+            half = rng.uniform(0.2, 1.0, 3) * view_half
+            spot = spot + right * rng.choice([-1, 1]) * rng.uniform(0.5, 1.1) * view_half
+        verts, faces = box(np.zeros(3), half)
+        yaw = np.degrees(np.arctan2(right[1], right[0]))
+        return self._prop_piece(verts @ rot_z(yaw).T + spot, faces, rng, mats)
+
+    @staticmethod
+    def _prop_piece(verts: np.ndarray, faces: np.ndarray, rng: np.random.Generator, mats: dict) -> Piece:
+        name = f"prop{len(mats)}"
+        colour = rng.uniform(20, 235, 3)
+        pattern = pattern_params(rng) if rng.random() < 0.4 else {"kind": "solid"}
+        mats[name] = Material(colour, pattern, 0, float(rng.uniform(0, 0.4)))
+        return Piece(verts.astype(np.float32), faces, name, np.zeros((len(verts), 7), np.float32))
 
     def _body_materials(self, person: Person, a: np.ndarray) -> np.ndarray:
         """Which outfit material covers each body pixel, from the interpolated body fields."""
