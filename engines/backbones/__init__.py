@@ -42,6 +42,11 @@ BACKBONES: dict[str, BackboneSpec] = {
     ),
 }
 
+# The person-aware encoder imports BackboneSpec from this package, so it registers after it.
+from .selfie import SPEC as SELFIE_SPEC  # noqa: E402
+
+BACKBONES["selfie"] = SELFIE_SPEC
+
 
 def register_backbone(name: str, spec: BackboneSpec) -> None:
     """Add a backbone to the registry (used by optional backbones that live in their own module)."""
