@@ -75,6 +75,14 @@ def cloth_colour(rng: np.random.Generator) -> np.ndarray:
     return np.clip(base * rng.uniform(0.85, 1.15) + rng.normal(0, 6, 3), 0, 255)
 
 
+def muted_colour(rng: np.random.Generator) -> np.ndarray:
+    """Colours of walls, floors and furniture: mostly greyish, sometimes saturated."""
+    hsv = np.array([rng.random(), rng.beta(1.2, 3.0), rng.uniform(0.12, 0.95)])
+    return np.asarray(Image.fromarray((hsv[None, None] * 255).astype(np.uint8), "HSV").convert("RGB"))[0, 0].astype(
+        np.float32
+    )
+
+
 def pick(rng: np.random.Generator, options) -> np.ndarray:
     return np.asarray(options[rng.integers(len(options))], np.float32)
 
@@ -141,7 +149,7 @@ class Backgrounds:
             pass
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        if self.photos and rng.random() < 0.4:
+        if self.photos and rng.random() < 0.45:
             return self._photo(rng, size)
         return self._procedural(rng, size)
 
@@ -160,7 +168,7 @@ class Backgrounds:
         # Gradient and low-frequency texture at low resolution (cheap, and reads as out-of-focus depth).
         lo = 40
         yy, xx = np.mgrid[0:lo, 0:lo].astype(np.float32) / lo
-        c0, c1 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
+        c0, c1 = muted_colour(rng), muted_colour(rng)
         ang = rng.uniform(0, 2 * np.pi)
         t = np.clip((np.cos(ang) * xx + np.sin(ang) * yy) * rng.uniform(0.5, 1.5), 0, 1)[..., None]
         img = c0 * (1 - t) + c1 * t
@@ -171,10 +179,10 @@ class Backgrounds:
         # A floor/wall split as seen in rooms and streets.
         if rng.random() < 0.5:
             h0, h1 = rng.uniform(0.4, 0.9, 2) * s
-            draw.polygon([(0, h0), (s, h1), (s, s), (0, s)], fill=tuple(int(v) for v in rng.uniform(30, 200, 3)))
+            draw.polygon([(0, h0), (s, h1), (s, s), (0, s)], fill=tuple(int(v) for v in muted_colour(rng)))
         # Clutter: furniture-like boxes, poles, blobs and lines, some of them blurred.
         for _ in range(int(rng.integers(3, 16))):
-            col = tuple(int(v) for v in rng.uniform(0, 255, 3))
+            col = tuple(int(v) for v in muted_colour(rng))
             kind = rng.random()
             x0, y0 = rng.uniform(-0.2, 1, 2) * s
             if kind < 0.45:

@@ -17,6 +17,7 @@ from .appearance import (
     cloth_colour,
     degrade,
     fabric,
+    muted_colour,
     pattern_params,
     pick,
     skin_colour,
@@ -185,6 +186,7 @@ class SyntheticPeople:
         o["hair"] = str(rng.choice(["none", "short", "long"], p=[0.05, 0.55, 0.4]))
         o["hair_len"] = float(rng.uniform(0.05, 0.3))
         o["hair_line"] = float(rng.uniform(0.03, 0.07))
+        o["lips"] = np.array([rng.uniform(0.6, 0.85), rng.uniform(0.4, 0.6), rng.uniform(0.42, 0.62)], np.float32)
         top = str(rng.choice(["sleeveless", "short", "long"], p=[0.2, 0.4, 0.4]))
         o["sleeve"] = {
             "sleeveless": rng.uniform(-0.1, 0.06),
@@ -401,7 +403,7 @@ class SyntheticPeople:
                     labels[s2] = m.label
                     shine[s2] = m.shine
                 if piece is None:
-                    self._paint_face(a[sel], colour, sel)
+                    self._paint_face(a[sel], colour, sel, people[b])
             clothes[frags.pixels] = labels
             shaded = self._shade(colour, a[:, 10:13], shine, rng)
             image[frags.pixels] = shaded
@@ -437,11 +439,11 @@ class SyntheticPeople:
             half = np.array([rng.uniform(0.02, 0.12), rng.uniform(0.02, 0.12), 3.0])
             spot = spot + right * rng.uniform(-0.6, 0.6) * view_half
         elif kind < 0.75:  # table or counter edge low in the frame
-            half = np.array([view_half * 2, rng.uniform(0.2, 0.5), rng.uniform(0.02, 0.4)])
-            spot = spot + down * rng.uniform(0.3, 0.9) * view_half
+            half = np.array([view_half * 2, rng.uniform(0.2, 0.5), rng.uniform(0.02, 0.25)])
+            spot = spot + down * rng.uniform(0.5, 1.0) * view_half
         else:  # a box or car-sized block to one side
-            half = rng.uniform(0.2, 1.0, 3) * view_half
-            spot = spot + right * rng.choice([-1, 1]) * rng.uniform(0.5, 1.1) * view_half
+            half = rng.uniform(0.1, 0.45, 3) * view_half
+            spot = spot + right * rng.choice([-1, 1]) * rng.uniform(0.6, 1.1) * view_half
         verts, faces = box(np.zeros(3), half)
         yaw = np.degrees(np.arctan2(right[1], right[0]))
         return self._prop_piece(verts @ rot_z(yaw).T + spot, faces, rng, mats)
@@ -449,7 +451,7 @@ class SyntheticPeople:
     @staticmethod
     def _prop_piece(verts: np.ndarray, faces: np.ndarray, rng: np.random.Generator, mats: dict) -> Piece:
         name = f"prop{len(mats)}"
-        colour = rng.uniform(20, 235, 3)
+        colour = muted_colour(rng)
         pattern = pattern_params(rng) if rng.random() < 0.4 else {"kind": "solid"}
         mats[name] = Material(colour, pattern, 0, float(rng.uniform(0, 0.4)))
         return Piece(verts.astype(np.float32), faces, name, np.zeros((len(verts), 7), np.float32))
@@ -488,13 +490,20 @@ class SyntheticPeople:
                 names[head & (rel[:, 1] > -0.02) & (rest[:, 2] > self.head_centre[2] - 0.08)] = "hair"
         return names
 
-    def _paint_face(self, a: np.ndarray, colour: np.ndarray, sel: np.ndarray) -> None:
-        """Dark eyes on the otherwise blank face, so that faces read as faces."""
+    def _paint_face(self, a: np.ndarray, colour: np.ndarray, sel: np.ndarray, person: Person) -> None:
+        """Eyes, brows and lips on the otherwise blank face (positions in the default body's rest space)."""
         head = np.nonzero(a[:, 18] > 0.5)[0]
         rest = a[head, 7:10]
+        x, y, z = rest[:, 0], rest[:, 1], rest[:, 2]
+        front = y < -0.105
         d = np.min(np.linalg.norm(rest[:, None, :] - self.eye_rest[None], axis=2), 1)
-        eye = head[d < 0.016]
-        colour[sel[eye]] = colour[sel[eye]] * 0.25
+        eye = head[(d < 0.016) & front]
+        colour[sel[eye]] *= 0.25
+        brow = head[(np.abs(np.abs(x) - 0.032) < 0.017) & (z > 0.712) & (z < 0.721) & front]
+        if person.outfit["hair"] != "none":
+            colour[sel[brow]] = 0.3 * colour[sel[brow]] + 0.7 * person.materials["hair"].colour
+        lips = head[(np.abs(x) < 0.021) & (np.abs(z - 0.636) < 0.006) & (y < -0.13)]
+        colour[sel[lips]] *= person.outfit["lips"]
 
     def _shade(
         self, albedo: np.ndarray, normals: np.ndarray, shine: np.ndarray, rng: np.random.Generator
@@ -504,13 +513,14 @@ class SyntheticPeople:
         light = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-1.0, 0.1), -rng.uniform(0.3, 1.0)])
         light /= np.linalg.norm(light)
         diffuse = np.clip(n @ light, 0, 1)
-        ambient = rng.uniform(0.25, 0.6)
-        sky = 0.15 * (-n[:, 1])  # light from above
-        tint = rng.uniform(0.85, 1.15, 3) * rng.uniform(0.75, 1.25)
+        ambient = rng.uniform(0.25, 0.55)
+        sky = 0.12 * (-n[:, 1])  # a little more light from above
+        tint = rng.uniform(0.88, 1.12, 3)
+        tint = tint / tint.max() * rng.uniform(0.7, 1.05)
         view_half = light + np.array([0, 0, -1.0])
         view_half /= np.linalg.norm(view_half)
-        spec = shine * np.clip(n @ view_half, 0, 1) ** 20 * 255
-        out = albedo * (ambient + sky + (1 - ambient) * diffuse)[:, None] * tint + spec[:, None]
+        spec = shine * np.clip(n @ view_half, 0, 1) ** 20 * 200
+        out = albedo * np.clip(ambient + sky + (1 - ambient) * diffuse, 0, 1.05)[:, None] * tint + spec[:, None]
         return np.clip(out, 0, 255)
 
     def _camera(self, person: Person, verts: np.ndarray, heads: np.ndarray, rng: np.random.Generator):
