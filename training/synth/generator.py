@@ -552,11 +552,20 @@ class SyntheticPeople:
         region = verts[(verts[:, 2] >= low) & (verts[:, 2] <= top)]
         centre = np.array([region[:, 0].mean(), region[:, 1].mean(), (top + low) / 2])
         if shot == "selfie":
-            s = "L" if heads[bones.index("wrist.L"), 1] < heads[bones.index("wrist.R"), 1] else "R"
-            hand = heads[bones.index(f"wrist.{s}")]
+            # Phone held at arm's length in front of the face, a little above, towards the raised hand.
+            facing = rot_z(person.yaw) @ np.array([0.0, -1.0, 0.0])
+            side = rot_z(person.yaw) @ np.array([1.0, 0.0, 0.0])
+            hands = [heads[bones.index(f"wrist.{s}")] for s in "LR"]
             head = heads[bones.index("head")] + np.array([0, 0, 0.08])
-            cam_pos = hand + (head - hand) * 0.1
-            target = head + np.array([0, 0, -0.12]) + rng.normal(0, 0.04, 3)
+            hand = max(hands, key=lambda h: float((h - head) @ facing))
+            lateral = float((hand - head) @ side)
+            cam_pos = (
+                head
+                + facing * rng.uniform(0.4, 0.65)
+                + side * np.clip(lateral, -0.25, 0.25) * rng.uniform(0.3, 0.8)
+                + np.array([0, 0, rng.uniform(0.0, 0.2)])
+            )
+            target = head + np.array([0, 0, -0.1]) + rng.normal(0, 0.04, 3)
             focal = size / 2 / np.tan(np.deg2rad(rng.uniform(62, 80)) / 2)
             roll = rng.normal(0, 8)
         else:

@@ -26,6 +26,14 @@ LIMITS = {
 }
 
 
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit vector a onto unit vector b."""
+    v = np.cross(a, b)
+    c = float(np.dot(a, b))
+    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + k + k @ k / (1 + c)
+
+
 def _limit(joint: str) -> tuple:
     return LIMITS["spine" if joint.startswith("spine") else "neck" if joint.startswith(("neck", "head")) else joint]
 
@@ -60,6 +68,7 @@ class PoseSampler:
         spine_flex, spine_side, spine_twist = n(4), n(3), n(5)
         head_flex, head_side, head_twist = n(8), n(6), n(15)
 
+        selfie_arm = None
         if kind == "walking":
             swing = u(15, 35) * rng.choice([-1, 1])
             for s, sign in (("L", 1), ("R", -1)):
@@ -93,8 +102,10 @@ class PoseSampler:
             put(f"lowerleg01.{s}", -u(0, 40), 0, 0)
         elif kind == "selfie":
             s = str(rng.choice(["L", "R"]))
-            put(f"upperarm01.{s}", u(60, 110), u(-10, 35), n(10))
-            put(f"lowerarm01.{s}", u(0, 60), 0, n(20))
+            # Upper arm forward and a little out, elbow almost straight: the hand holds the phone.
+            # Set as a direction (below), since flex and abduction from the A-pose do not commute.
+            selfie_arm = (s, np.array([(1 if s == "L" else -1) * u(0.2, 0.5), -1.0, u(-0.1, 0.35)]))
+            put(f"lowerarm01.{s}", u(0, 25), 0, n(5))
             head_flex += u(-15, 5)
         elif kind == "gesturing":
             for s in "LR":
@@ -115,4 +126,8 @@ class PoseSampler:
             flex, abd, twist = (min(max(v, lo), hi) for v, (lo, hi) in zip(angles, lim))
             j = self.body.joints[joint]
             rotations[j.index] = j.rotation(flex, abd, twist)
+        if selfie_arm is not None:
+            side, direction = selfie_arm
+            j = self.body.joints[f"upperarm01.{side}"]
+            rotations[j.index] = rotation_between(j.twist, direction / np.linalg.norm(direction))
         return kind, rotations
