@@ -86,6 +86,23 @@ class GarmentBuilder:
             sel = self.rest[mask]
         return float(sel[:, 0].min()), float(sel[:, 0].max()), float(sel[:, 1].min()), float(sel[:, 1].max())
 
+    def hair_cap(self, faces: np.ndarray, region: np.ndarray, thickness: float, material: str) -> Piece:
+        """Volume for hair: the scalp faces of ``region`` (a vertex mask) lifted along their normals."""
+        keep = region[faces].all(1)
+        sub = faces[keep]
+        used = np.unique(sub)
+        remap = np.full(len(self.rest), -1, np.int64)
+        remap[used] = np.arange(len(used))
+        fn = np.cross(self.rest[faces[:, 1]] - self.rest[faces[:, 0]], self.rest[faces[:, 2]] - self.rest[faces[:, 0]])
+        vn = np.zeros_like(self.rest)
+        for k in range(3):
+            np.add.at(vn, faces[:, k], fn)
+        vn /= np.linalg.norm(vn, axis=1, keepdims=True) + 1e-12
+        verts = (self.rest[used] + vn[used] * thickness).astype(np.float32)
+        p = np.zeros((len(verts), 7), np.float32)
+        p[:, 1] = 1.0
+        return Piece(verts, remap[sub].astype(np.int32), material, p, "head")
+
     def skirt(self, length: float, flare: float, material: str, waist: float) -> Piece:
         """A tube from the waist (torso_h ``waist``) flaring down to ``length`` x hip-to-knee."""
         hip_z = float(self.heads["upperleg01.L"][2])

@@ -186,6 +186,7 @@ class SyntheticPeople:
         o["hair"] = str(rng.choice(["none", "short", "long"], p=[0.05, 0.55, 0.4]))
         o["hair_len"] = float(rng.uniform(0.05, 0.3))
         o["hair_line"] = float(rng.uniform(0.03, 0.07))
+        o["hair_volume"] = float(rng.uniform(0.03, 0.06) if rng.random() < 0.12 else rng.uniform(0.004, 0.025))
         o["lips"] = np.array([rng.uniform(0.6, 0.85), rng.uniform(0.4, 0.6), rng.uniform(0.42, 0.62)], np.float32)
         top = str(rng.choice(["sleeveless", "short", "long"], p=[0.2, 0.4, 0.4]))
         o["sleeve"] = {
@@ -289,6 +290,9 @@ class SyntheticPeople:
             pieces.append(builder.skirt(o["skirt_len"], o["skirt_flare"], "bottom", o["bottom_waist"]))
         if o["coat"]:
             pieces.append(builder.skirt(o["coat_len"], 1.15, "top", 0.2))
+        if o["hair"] != "none":
+            region = self._hair_region(o, self.body.rest_vertices) & self.masks["head"]
+            pieces.append(builder.hair_cap(self.body.faces, region, o["hair_volume"], "hair"))
         if o["hair"] == "long":
             pieces.append(builder.long_hair(o["hair_len"], "hair"))
         if o["bag"] == "backpack":
@@ -315,6 +319,7 @@ class SyntheticPeople:
                 allowed = {
                     "any": np.ones(nv, bool),
                     "torso": self.masks["torso"],
+                    "head": self.masks["head"],
                     "head_torso": self.masks["head"] | self.masks["torso"],
                     "torso_legs": self.masks["torso"] | self.masks["legs"],
                     "hand_L": self.masks["hand_L"],
@@ -482,13 +487,18 @@ class SyntheticPeople:
         if not o["barefoot"]:
             names[foot] = "shoes"
         if o["hair"] != "none":
-            rel = rest - self.head_centre
-            top_of_head = rest[:, 2] > self.head_top - o["hair_line"] - 0.03
-            back = (rel[:, 1] > 0.015) & (rest[:, 2] > self.head_centre[2] - 0.03)
-            names[head & (top_of_head | back)] = "hair"
-            if o["hair"] == "long":
-                names[head & (rel[:, 1] > -0.02) & (rest[:, 2] > self.head_centre[2] - 0.08)] = "hair"
+            names[head & self._hair_region(o, rest)] = "hair"
         return names
+
+    def _hair_region(self, outfit: dict, rest: np.ndarray) -> np.ndarray:
+        """Scalp points (in the default body's rest space) under the hair: crown and back of the head."""
+        rel = rest - self.head_centre
+        crown = rest[:, 2] > self.head_top - outfit["hair_line"] - 0.03
+        back = (rel[:, 1] > 0.015) & (rest[:, 2] > self.head_centre[2] - 0.03)
+        region = crown | back
+        if outfit["hair"] == "long":
+            region |= (rel[:, 1] > -0.02) & (rest[:, 2] > self.head_centre[2] - 0.08)
+        return region
 
     def _paint_face(self, a: np.ndarray, colour: np.ndarray, sel: np.ndarray, person: Person) -> None:
         """Eyes, brows and lips on the otherwise blank face (positions in the default body's rest space)."""
