@@ -103,7 +103,6 @@ class BodyModel:
         import anny
         import torch
 
-        torch.set_num_threads(1)  # workers are processes; one thread each keeps runs reproducible
         self.torch = torch
         self.model = anny.Anny(topology=TOPOLOGY, skinning_method="lbs")
         self.bones: list[str] = list(self.model.bone_labels)
@@ -223,9 +222,16 @@ class BodyModel:
         """
         torch = self.torch
         ph = {k: torch.tensor([p[k] for p in phenotypes], dtype=torch.float64) for k in phenotypes[0]}
-        with torch.no_grad():
-            out = self.model(pose_parameters=self.pose_tensor(rotations), phenotype_kwargs=ph)
-            transforms = out["bone_poses"] @ torch.linalg.inv(out["rest_bone_poses"])
+        # One thread: the same summation order on every machine and in every process (so the same
+        # pixels), and no oversubscription when a trainer runs generators in its loader workers.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                out = self.model(pose_parameters=self.pose_tensor(rotations), phenotype_kwargs=ph)
+                transforms = out["bone_poses"] @ torch.linalg.inv(out["rest_bone_poses"])
+        finally:
+            torch.set_num_threads(threads)
         return {
             "vertices": out["vertices"].cpu().numpy().astype(np.float32),
             "rest_vertices": out["rest_vertices"].cpu().numpy().astype(np.float32),

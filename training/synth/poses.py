@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .body import BodyModel
@@ -126,6 +128,17 @@ class PoseSampler:
             flex, abd, twist = (min(max(v, lo), hi) for v, (lo, hi) in zip(angles, lim))
             j = self.body.joints[joint]
             rotations[j.index] = j.rotation(flex, abd, twist)
+        # Relaxed, half-closed or fist-like hands instead of anny's flat open palm. In the A-pose the palm
+        # faces the thigh, so the knuckle axis is roughly y; the sign mirrors between sides.
+        for side, sign in (("L", 1.0), ("R", -1.0)):
+            curl = u(0, 85) if rng.random() < 0.8 else 0.0
+            for finger in range(2, 6):
+                spread = u(0.8, 1.15)
+                for seg, share in ((1, 0.9), (2, 1.1), (3, 0.8)):
+                    angle = math.radians(curl * share * spread)
+                    c, s_ = math.cos(angle * sign), math.sin(angle * sign)
+                    rot_y = np.array([[c, 0.0, s_], [0.0, 1.0, 0.0], [-s_, 0.0, c]])
+                    rotations[self.body.bone(f"finger{finger}-{seg}.{side}")] = rot_y
         if selfie_arm is not None:
             side, direction = selfie_arm
             j = self.body.joints[f"upperarm01.{side}"]
