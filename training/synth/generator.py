@@ -24,7 +24,7 @@ from .appearance import (
 )
 from .body import BodyModel
 from .garments import GarmentBuilder, Piece, borrow_skinning, box
-from .poses import CHECKED_POSES, PoseSampler
+from .poses import PoseSampler
 from .raster import rasterize
 
 GENERATOR_VERSION = "synth-1.0"
@@ -257,15 +257,11 @@ class SyntheticPeople:
         return Person(phenotype, kind, rotations, outfit, mats, float(yaw), np.zeros(3))
 
     def _skin(self, people: list[Person], rng: np.random.Generator) -> dict:
-        """Skin everybody; self-intersecting poses are replaced by another of the same kind or else a standing
-        one (both skinned in one more batch, only when needed)."""
+        """Skin everybody; a pose with an arm inside the torso or head is replaced by another of the same
+        kind or else a standing one (both skinned in one more batch, only when needed)."""
         body = self.body
         out = body.skin([p.rotations for p in people], [p.phenotype for p in people])
-
-        def clean(vertices: np.ndarray, kind: str) -> bool:
-            return kind not in CHECKED_POSES or not body.self_intersects(vertices)
-
-        bad = [i for i, p in enumerate(people) if not clean(out["vertices"][i], p.pose_kind)]
+        bad = [i for i in range(len(people)) if body.limbs_inside_body(out, i)]
         if not bad:
             return out
         candidates = []
@@ -273,7 +269,7 @@ class SyntheticPeople:
             candidates += [self.poses.sample(rng, people[i].pose_kind)[1], self.poses.sample(rng, "standing")[1]]
         retry = body.skin(candidates, [people[i].phenotype for i in bad for _ in range(2)])
         for j, i in enumerate(bad):
-            row = 2 * j if clean(retry["vertices"][2 * j], people[i].pose_kind) else 2 * j + 1
+            row = 2 * j if not body.limbs_inside_body(retry, 2 * j) else 2 * j + 1
             if row == 2 * j + 1:
                 people[i].pose_kind = "standing"
             people[i].rotations = candidates[row]

@@ -8,10 +8,6 @@ import numpy as np
 
 from .body import BodyModel
 
-# Poses whose arms move far enough to pass through the body are checked for self-intersection and
-# resampled. The others only touch (thigh on calf when crouching, hands on hips), which is real contact
-# that the check would reject.
-CHECKED_POSES = ("arms_up", "gesturing", "selfie", "turning")
 POSE_KINDS = ("standing", "walking", "arms_up", "sitting", "crouching", "turning", "selfie", "gesturing")
 POSE_WEIGHTS = np.array([0.22, 0.2, 0.1, 0.1, 0.06, 0.1, 0.08, 0.14])
 
