@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .appearance import (
     DENIM,
@@ -379,7 +379,10 @@ class SyntheticPeople:
 
         parts = np.zeros(size * size, np.uint8)
         clothes = np.zeros(size * size, np.uint8)
-        image = self.backgrounds.sample(rng, size).reshape(-1, 3)
+        background = self.backgrounds.sample(rng, size)
+        if rng.random() < 0.7:
+            background = self._ground_shadows(background, meshes, cam_pos, cam_rot, focal, rng)
+        image = background.reshape(-1, 3)
         if len(frags.pixels):
             a = frags.interpolate(faces, attrs)
             pix_mesh = face_mesh[frags.face.ravel()[frags.pixels]]
@@ -414,6 +417,28 @@ class SyntheticPeople:
         if rng.random() < 0.08:
             image, parts, clothes = letterbox(image, parts, clothes, rng)
         return degrade(image, rng), parts, clothes
+
+    def _ground_shadows(self, image, meshes, cam_pos, cam_rot, focal, rng: np.random.Generator) -> np.ndarray:
+        """Soft contact shadows on the floor under each person, so that people stand rather than float."""
+        size = self.size
+        mask = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(mask)
+        ang = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+        light_shift = rng.normal(0, 0.15, 2)
+        for owner, piece, verts, _f, _ts in meshes:
+            if owner < 0 or piece is not None:
+                continue
+            centre = verts[:, :2].mean(0) + light_shift
+            radius = np.ptp(verts[:, :2], 0).max() / 2 * rng.uniform(0.7, 1.1) + 0.1
+            ring = np.stack([centre[0] + radius * np.cos(ang), centre[1] + radius * 0.7 * np.sin(ang), 0 * ang], 1)
+            cam = (ring - cam_pos) @ cam_rot.T
+            if (cam[:, 2] < 0.1).any():
+                continue
+            pts = focal * cam[:, :2] / cam[:, 2:3] + size / 2
+            draw.polygon([tuple(p) for p in pts], fill=int(rng.uniform(90, 200)))
+        small = max(8, size // 12)
+        soft = np.asarray(mask.resize((small, small), Image.BILINEAR).resize((size, size), Image.BILINEAR), np.float32)
+        return image * (1 - soft[..., None] / 255 * 0.6)
 
     def _seat(self, heads: np.ndarray, yaw: float, rng: np.random.Generator, mats: dict) -> Piece:
         """A chair, bench or stool under a sitting person's thighs (background in both tasks)."""
