@@ -151,7 +151,7 @@ class Backgrounds:
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         if self.photos and rng.random() < 0.45:
             return self._photo(rng, size)
-        return self._procedural(rng, size)
+        return self._procedural(rng, size, self._photo(rng, size) if self.photos and rng.random() < 0.3 else None)
 
     def _photo(self, rng: np.random.Generator, size: int) -> np.ndarray:
         img = self.photos[rng.integers(len(self.photos))]
@@ -164,7 +164,7 @@ class Backgrounds:
             out = out[:, ::-1]
         return out * rng.uniform(0.6, 1.2, 3) * rng.uniform(0.6, 1.1)
 
-    def _procedural(self, rng: np.random.Generator, size: int) -> np.ndarray:
+    def _procedural(self, rng: np.random.Generator, size: int, base: np.ndarray | None = None) -> np.ndarray:
         # Gradient and low-frequency texture at low resolution (cheap, and reads as out-of-focus depth).
         lo = 40
         yy, xx = np.mgrid[0:lo, 0:lo].astype(np.float32) / lo
@@ -174,6 +174,8 @@ class Backgrounds:
         img = c0 * (1 - t) + c1 * t
         img = img * (1 + (rng.random((lo, lo, 1)) - 0.5) * rng.uniform(0, 0.3))
         pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+        if base is not None:  # clutter drawn over a photograph
+            pil = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(pil)
         s = size
         # A floor/wall split as seen in rooms and streets.

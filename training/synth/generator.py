@@ -156,7 +156,7 @@ class SyntheticPeople:
     def render(self, index: int) -> tuple[bytes, np.ndarray, np.ndarray]:
         """JPEG bytes and the two label maps for one sample."""
         rng = np.random.default_rng([self.seed, int(index), 0x5EED])
-        n_people = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15]))
+        n_people = int(rng.choice([1, 2, 3, 4, 5], p=[0.47, 0.27, 0.14, 0.07, 0.05]))
         people = [self._person(rng, main=i == 0) for i in range(n_people)]
         skinned = self._skin(people, rng)
         return self._draw(people, skinned, rng)
@@ -231,6 +231,18 @@ class SyntheticPeople:
             mats["top"] = Material(
                 cloth_colour(rng), pattern_params(rng) if rng.random() < 0.2 else {"kind": "solid"}, UPPER
             )
+        if bottom in ("trousers", "jeans") and not o["coat"] and rng.random() < 0.15:
+            # A dark suit: jacket and trousers of one cloth, long sleeves, a light shirt at the neck.
+            suit = pick(rng, ((22, 22, 26), (30, 36, 62), (58, 60, 66), (80, 70, 60))) * rng.uniform(0.8, 1.2)
+            o["sleeve"] = float(rng.uniform(0.92, 1.02))
+            o["top_hem"] = float(rng.uniform(-0.25, -0.1))
+            o["neckline"] = float(rng.uniform(0.8, 0.88))
+            mats["top"] = Material(suit, {"kind": "solid"}, UPPER, 0.1)
+            mats["bottom"] = Material(suit, {"kind": "solid"}, LOWER, 0.1)
+            mats["shirt"] = Material(
+                pick(rng, ((235, 235, 232), (200, 215, 235), (240, 230, 220))), {"kind": "solid"}, UPPER
+            )
+            o["shirt_neck"] = float(rng.uniform(0.93, 0.98))
         o["tights"] = bool(bottom in ("skirt", "dress") and rng.random() < 0.3)
         mats["tights"] = Material(pick(rng, ((20, 20, 22), (60, 50, 45), (200, 170, 150))), {"kind": "solid"}, LOWER)
         o["barefoot"] = bool(rng.random() < 0.06)
@@ -282,10 +294,14 @@ class SyntheticPeople:
         heads = {name: skinned["rest_heads"][b, i] for i, name in enumerate(self.body.bones)}
         builder = GarmentBuilder(skinned["rest_vertices"][b], heads, self.body.fields)
         pieces: list[Piece] = []
+        # Deep hip flexion stretches long hems into sheets when the skinning is borrowed from the thighs,
+        # so seated and crouching people get short, straight ones.
+        folded = person.pose_kind in ("sitting", "crouching")
         if o["bottom"] in ("skirt", "dress"):
-            pieces.append(builder.skirt(o["skirt_len"], o["skirt_flare"], "bottom", o["bottom_waist"]))
+            length, flare = (min(o["skirt_len"], 0.6), 1.0) if folded else (o["skirt_len"], o["skirt_flare"])
+            pieces.append(builder.skirt(length, flare, "bottom", o["bottom_waist"]))
         if o["coat"]:
-            pieces.append(builder.skirt(o["coat_len"], 1.15, "top", 0.2))
+            pieces.append(builder.skirt(min(o["coat_len"], 0.5) if folded else o["coat_len"], 1.15, "top", 0.2))
         if o["hair"] != "none":
             region = self._hair_region(o, self.body.rest_vertices) & self.masks["head"]
             pieces.append(builder.hair_cap(self.body.faces, region, o["hair_volume"], "hair"))
@@ -332,8 +348,12 @@ class SyntheticPeople:
         for b, person in enumerate(people):
             ground = min(m[2][:, 2].min() for m in meshes if m[0] == b)
             if b > 0:
-                dx = rng.choice([-1, 1]) * rng.uniform(0.45, 1.4)
-                dy = rng.uniform(-0.9, 2.5)
+                if b < 3:  # companions, often overlapping the main person
+                    dx = rng.choice([-1, 1]) * rng.uniform(0.45, 1.4)
+                    dy = rng.uniform(-0.9, 2.5)
+                else:  # passers-by further back, a small crowd
+                    dx = rng.choice([-1, 1]) * rng.uniform(0.3, 3.5)
+                    dy = rng.uniform(2.5, 9.0)
                 person.offset = np.array([dx, dy, 0.0])
             person.offset = person.offset - np.array([0, 0, ground])
         meshes = [(b, pc, v + people[b].offset, f, ts) for b, pc, v, f, ts in meshes]
@@ -499,6 +519,8 @@ class SyntheticPeople:
         front = rest[:, 1] < self.head_centre[1]
         neck_cut = o["neckline"] - np.where(front, 0.06 * np.clip(1 - np.abs(rest[:, 0]) / 0.1, 0, 1), 0)
         names[torso & (th >= o["top_hem"]) & (th < neck_cut)] = "top"
+        if "shirt_neck" in o:  # the shirt shows in the jacket's V-neck
+            names[torso & (th >= neck_cut) & (th < o["shirt_neck"])] = "shirt"
         names[torso & (th < o["bottom_waist"]) & (th < o["top_hem"])] = "bottom"
         names[arm & (f["arm_t"] < o["sleeve"])] = "top"
         if o["leg_len"] > 0:
