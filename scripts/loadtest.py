@@ -19,6 +19,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -133,12 +134,15 @@ def start_server(engine: str, input_size: int | None, extra: list[str]) -> tuple
     command = [sys.executable, "-m", "server", "--http", "--host", "127.0.0.1", "--port", str(port), "--engine", engine]
     if input_size:
         command += ["--input-size", str(input_size)]
-    process = subprocess.Popen(command + extra, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The server's log goes to a file: an unread pipe would fill up and stall the server.
+    log = tempfile.NamedTemporaryFile("w+", prefix="partcam-loadtest-", suffix=".log", delete=False)
+    process = subprocess.Popen(command + extra, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    print(f"server log: {log.name}", file=sys.stderr)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"server exited:\n{process.stderr.read()[-3000:]}")
+            raise SystemExit(f"server exited:\n{Path(log.name).read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=2):
                 return process, url

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 import warnings
@@ -63,7 +64,12 @@ def print_qr(url: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.async_mode == "eventlet":
-        _eventlet().monkey_patch()  # before anything else opens sockets or threads
+        _eventlet().monkey_patch()
+        # Under eventlet every Python thread is a green thread on the hub's OS thread, so a library
+        # that forks from "a thread" (OpenVINO's converter sends telemetry through multiprocessing)
+        # forks the whole running server: the copy serves the same sockets and swallows frames
+        # until it exits. A forked copy must never run; exec-based subprocesses are unaffected.
+        os.register_at_fork(after_in_child=lambda: os._exit(0))  # before anything else opens sockets or threads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from .app import ServerSettings, create_server
