@@ -52,9 +52,17 @@ def _torchvision_backbone(model: torch.nn.Module, path: str) -> str:
     return f"torchvision ImageNet weights from {path} ({len(missing)} backbone tensors left random)"
 
 
+def _selfie_backbone(model: torch.nn.Module, path: str) -> str:
+    from engines.backbones.selfie import load_selfie_weights
+
+    load_selfie_weights(model)
+    return ("encoder initialised from MediaPipe selfie segmentation (npm @mediapipe/selfie_segmentation, "
+            "Apache-2.0), pretrained on real photos")
+
+
 # --pretrained-backbone KIND:PATH. Other encoders plug in here, or as "package.module:function"
 # (called as function(model, path) -> description) without editing this file.
-BACKBONE_INITIALISERS = {"torchvision": _torchvision_backbone}
+BACKBONE_INITIALISERS = {"torchvision": _torchvision_backbone, "selfie": _selfie_backbone}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--backbone-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"output_stride": 8}\'')
     model.add_argument("--init", help="start from this PartCam checkpoint's weights (tensors of matching shape)")
     model.add_argument("--pretrained-backbone", metavar="KIND:PATH",
-                       help="load encoder weights: torchvision:/path/mobilenet_v3_large.pth, or "
+                       help="load encoder weights: torchvision:/path/mobilenet_v3_large.pth, selfie: (the "
+                            "MediaPipe person encoder from npm), or "
                             "package.module:function:PATH for another initialiser")
     data = p.add_argument_group("data")
     data.add_argument("--data", action="append", required=True, metavar="NAME:ROOT[:WEIGHT][@SPLIT]",
