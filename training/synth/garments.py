@@ -222,10 +222,19 @@ class GarmentBuilder:
         return [Piece(v, f, material, np.zeros((len(v), 7), np.float32), f"hand_{side}")]
 
 
-def borrow_skinning(piece: Piece, rest: np.ndarray, weights: np.ndarray, allowed: np.ndarray, k: int = 6) -> np.ndarray:
-    """(Vg, J) skinning weights for a piece: inverse-distance blend of the k nearest allowed body vertices."""
+def borrow_skinning(
+    piece: Piece, rest: np.ndarray, weights: np.ndarray, allowed: np.ndarray, trees: dict | None = None, k: int = 6
+) -> np.ndarray:
+    """(Vg, J) skinning weights for a piece: inverse-distance blend of the k nearest allowed body vertices.
+
+    ``trees`` caches the search structure per ``piece.allowed`` for pieces on the same body."""
     idx_allowed = np.nonzero(allowed)[0]
-    tree = cKDTree(rest[idx_allowed])
+    if trees is not None and piece.allowed in trees:
+        tree = trees[piece.allowed]
+    else:
+        tree = cKDTree(rest[idx_allowed])
+        if trees is not None:
+            trees[piece.allowed] = tree
     dist, nn = tree.query(piece.vertices, k=min(k, len(idx_allowed)))
     inv = 1.0 / (dist + 0.01)
     inv /= inv.sum(1, keepdims=True)

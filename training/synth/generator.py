@@ -62,10 +62,10 @@ class Person:
 
 
 def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals."""
     fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
-    vn = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
+    corners = faces.ravel()
+    vn = np.stack([np.bincount(corners, np.repeat(fn[:, c], 3), minlength=len(verts)) for c in range(3)], 1)
     return vn / (np.linalg.norm(vn, axis=1, keepdims=True) + 1e-12)
 
 
@@ -327,6 +327,7 @@ class SyntheticPeople:
             R = rot_z(person.yaw)
             verts = skinned["vertices"][b] @ R.T
             meshes.append((b, None, verts, body.faces, False))
+            trees: dict = {}  # nearest-vertex search structures, shared by this person's pieces
             for piece in self._pieces(person, b, skinned, rng):
                 allowed = {
                     "any": np.ones(nv, bool),
@@ -337,7 +338,7 @@ class SyntheticPeople:
                     "hand_L": self.masks["hand_L"],
                     "hand_R": self.masks["hand_R"],
                 }[piece.allowed]
-                w = borrow_skinning(piece, skinned["rest_vertices"][b], self.weights, allowed)
+                w = borrow_skinning(piece, skinned["rest_vertices"][b], self.weights, allowed, trees)
                 T = np.einsum("vj,jab->vab", w, skinned["transforms"][b])
                 hom = np.concatenate([piece.vertices, np.ones((len(piece.vertices), 1), np.float32)], 1)
                 posed = np.einsum("vab,vb->va", T, hom)[:, :3]
