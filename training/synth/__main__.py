@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,9 +38,15 @@ def write_sample(index: int) -> tuple[np.ndarray, np.ndarray]:
     assert _generator is not None and _out is not None
     jpeg, parts, clothes = _generator.render(index)
     name = f"{index:06d}"
-    (_out / "images" / f"{name}.jpg").write_bytes(jpeg)
-    Image.fromarray(parts, mode="L").save(_out / "parts" / f"{name}.png")
-    Image.fromarray(clothes, mode="L").save(_out / "clothes" / f"{name}.png")
+    # Labels first and the image last, each renamed into place when complete: readers that list
+    # images/ while the generator is still running only ever see finished samples.
+    for task, label in (("parts", parts), ("clothes", clothes)):
+        tmp = _out / task / f".{name}.png.tmp"
+        Image.fromarray(label, mode="L").save(tmp, format="PNG")
+        os.replace(tmp, _out / task / f"{name}.png")
+    tmp = _out / "images" / f".{name}.jpg.tmp"
+    tmp.write_bytes(jpeg)
+    os.replace(tmp, _out / "images" / f"{name}.jpg")
     return (
         np.bincount(parts.ravel(), minlength=TASKS["parts"].num_classes),
         np.bincount(clothes.ravel(), minlength=TASKS["clothes"].num_classes),
