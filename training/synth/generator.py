@@ -346,7 +346,6 @@ class SyntheticPeople:
                 meshes.append((b, piece, posed @ R.T, piece.faces, True))
 
         # Stand everybody on the ground and spread the extra people around the first one.
-        main_verts = meshes[0][2]
         for b, person in enumerate(people):
             ground = min(m[2][:, 2].min() for m in meshes if m[0] == b)
             if b > 0:
