@@ -135,14 +135,15 @@ def start_server(engine: str, input_size: int | None, extra: list[str]) -> tuple
     if input_size:
         command += ["--input-size", str(input_size)]
     # The server's log goes to a file: an unread pipe would fill up and stall the server.
-    log = tempfile.NamedTemporaryFile("w+", prefix="partcam-loadtest-", suffix=".log", delete=False)
-    process = subprocess.Popen(command + extra, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-    print(f"server log: {log.name}", file=sys.stderr)
+    log_path = Path(tempfile.mkstemp(prefix="partcam-loadtest-", suffix=".log")[1])
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command + extra, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    print(f"server log: {log_path}", file=sys.stderr)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"server exited:\n{Path(log.name).read_text()[-3000:]}")
+            raise SystemExit(f"server exited:\n{log_path.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=2):
                 return process, url
