@@ -7,7 +7,9 @@ otherwise pick bf16 on CPUs that support it.
 from __future__ import annotations
 
 import platform
+import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -15,6 +17,20 @@ import torch
 from ..optimize import fuse_conv_bn
 from .base import BackendUnavailable, Engine, log
 from .cpu import set_cpu_threads
+
+
+def _import_openvino():
+    """Import OpenVINO with its model converter's usage telemetry off.
+
+    The converter reports each conversion to Google Analytics through ``openvino_telemetry``
+    from a forked process; PartCam sends nothing off the machine, and a fork inside the
+    eventlet server duplicates it. Without that package the converter uses its own no-op stub.
+    """
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # makes its import fail, selecting the stub
+    import openvino
+
+    return openvino
 
 
 class _TupleOutputs(torch.nn.Module):
@@ -38,14 +54,16 @@ class OpenVinoEngine(Engine):
 
     def __init__(self, model: torch.nn.Module, input_size: int, threads: int | None = None) -> None:
         try:
-            import openvino as ov
+            ov = _import_openvino()
         except ImportError:
             raise BackendUnavailable("the openvino backend needs the openvino package (pip install openvino)") from None
         self.threads = set_cpu_threads(threads)
         super().__init__(model.float().eval(), input_size, torch.device("cpu"))
         started = time.perf_counter()
         example = torch.zeros(1, 3, self.input_size, self.input_size)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Tracing fixes every shape; that is intended, as the program is compiled per input size.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             converted = ov.convert_model(_TupleOutputs(fuse_conv_bn(self.model)), example_input=example,
                                          input=[(1, 3, self.input_size, self.input_size)])
         compiled = ov.Core().compile_model(converted, "CPU", {
