@@ -67,7 +67,8 @@ def to_predictions(logits: torch.Tensor, attention: torch.Tensor | None, size: i
                    want_attention: bool) -> list[Prediction]:
     """Upsample the network's grid to the letterboxed input, crop each frame, resize to its size."""
     logits = F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False)
-    labels_all = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+    # max().indices is several times faster than argmax() over the channel axis on CPU.
+    labels_all = logits.max(dim=1).indices.to(torch.uint8).cpu().numpy()
     att_all = None
     if want_attention and attention is not None:
         att_all = F.interpolate(attention.float(), size=(size, size), mode="bilinear", align_corners=False)
