@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", nargs="+", type=int, default=None, help="cuda only; default: 1 4")
     parser.add_argument("--backends", nargs="+", choices=GPU_BACKENDS, default=list(GPU_BACKENDS),
                         help="cuda only")
+    parser.add_argument("--cpu-backends", nargs="+", choices=("cpu", "openvino"), default=["cpu", "openvino"],
+                        help="cpu only: eager PyTorch (cpu) and/or OpenVINO")
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"timed runs per model (default: {DEFAULT_CPU_REPEATS} on cpu, 5 for VGG; 100 on cuda)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: 2 on cpu, 10 on cuda)")
@@ -148,7 +150,7 @@ def model_info(backbone: str, merge: str, size: int) -> tuple[torch.nn.Module, d
 
 
 def run_cpu(args: argparse.Namespace) -> list[dict]:
-    from engines.backends.cpu import CpuEngine
+    from engines.backends import create_engine
 
     results = []
     for backbone in args.backbones:
@@ -157,14 +159,16 @@ def run_cpu(args: argparse.Namespace) -> list[dict]:
             engines, infos = {}, {}
             for merge in args.merges:
                 model, infos[merge] = model_info(backbone, merge, size)
-                engines[merge] = CpuEngine(model, size, threads=args.threads)
+                for backend in args.cpu_backends:
+                    engines[f"{merge}/{backend}"] = create_engine(model, backend, size, threads=args.threads)
             frames = [test_frame(size)]
-            print(f"[bench] {backbone} at {size}: {len(engines)} merges × {repeats} runs", flush=True)
+            print(f"[bench] {backbone} at {size}: {len(engines)} merge/backend pairs × {repeats} runs", flush=True)
             times = time_interleaved(engines, frames, args.warmup, dict.fromkeys(engines, repeats))
-            for merge in args.merges:
-                row = {**infos[merge], "device": engines[merge].device_name, "backend": "cpu", "batch": 1,
-                       "timing": engines[merge].timing_label}
-                row.update(summarise(times[merge], 1, row["gflops"], gpu=False))
+            for key, engine in engines.items():
+                merge, backend = key.split("/")
+                row = {**infos[merge], "device": engine.device_name, "backend": backend, "batch": 1,
+                       "timing": engine.timing_label}
+                row.update(summarise(times[key], 1, row["gflops"], gpu=False))
                 results.append(row)
     return results
 
@@ -266,8 +270,8 @@ def format_table(results: list[dict], gpu: bool) -> str:
         header = ["model", "merge", "size", "batch", "backend", "params M", "GFLOPs/frame", "median ms",
                   "p90 ms", "p99 ms", "fps", "TFLOP/s", "vs 0.30 s demo"]
     else:
-        header = ["model", "merge", "scales", "size", "params M", "GFLOPs", "median ms", "p90 ms", "fps",
-                  "vs max"]
+        header = ["model", "merge", "scales", "size", "backend", "params M", "GFLOPs", "median ms", "p90 ms",
+                  "fps", "vs max"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     max_median = {(r["backbone"], r["input_size"], r["batch"], r["backend"]): r["median_ms"]
                   for r in results if r["merge"] == "max" and "median_ms" in r}
@@ -284,7 +288,7 @@ def format_table(results: list[dict], gpu: bool) -> str:
         else:
             reference = max_median.get((r["backbone"], r["input_size"], r["batch"], r["backend"]))
             ratio = f"{r['median_ms'] / reference:.2f}×" if reference else "–"
-            cells = [*common, str(len(r["scales"])), str(r["input_size"]), f"{r['params_m']:.1f}",
+            cells = [*common, str(len(r["scales"])), str(r["input_size"]), r["backend"], f"{r['params_m']:.1f}",
                      f"{r['gflops']:.1f}", f"{r['median_ms']:.0f}", f"{r['p90_ms']:.0f}", f"{r['fps']:.1f}", ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

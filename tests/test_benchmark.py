@@ -27,7 +27,8 @@ benchmark = _load_benchmark()
 def test_tiny_cpu_run_writes_a_complete_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = benchmark.main(["--backbones", "mobilenetv3_large", "--merges", "attention", "max", "single",
-                           "--sizes", "49", "--repeats", "2", "--warmup", "1", "--json", str(out)])
+                           "--sizes", "49", "--repeats", "2", "--warmup", "1", "--cpu-backends", "cpu",
+                           "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["environment"]["device"] == "cpu" and report["environment"]["threads"] == 2
@@ -35,7 +36,7 @@ def test_tiny_cpu_run_writes_a_complete_json(tmp_path, capsys):
     assert set(rows) == {"attention", "max", "single"}
     for row in rows.values():
         assert row["backbone"] == "mobilenetv3_large" and row["input_size"] == 49 and row["batch"] == 1
-        assert row["runs"] == 2 and row["timing"] == "CPU time"
+        assert row["runs"] == 2 and row["timing"] == "CPU time" and row["backend"] == "cpu"
         assert 0 < row["median_ms"] <= row["p90_ms"] and row["fps"] == pytest.approx(1000 / row["median_ms"])
         assert row["gflops"] > 0 and row["params_m"] > 0
     # Attention adds its head on top of the same three scales; single runs one scale.
