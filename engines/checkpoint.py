@@ -93,6 +93,7 @@ def save_checkpoint(path: str | os.PathLike, model: MultiScaleSegmenter, *, half
     os.close(fd)
     try:
         save_file(state, tmp, metadata={_HEADER_KEY: json.dumps(asdict(meta))})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
