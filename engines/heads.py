@@ -67,5 +67,9 @@ class SegmentationNet(nn.Module):
         self.classifier = classifier
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.head(self.backbone(x))
-        return {"features": features, "logits": self.classifier(features)}
+        backbone_out = self.backbone(x)
+        features = self.head(backbone_out)
+        out = {"features": features, "logits": self.classifier(features)}
+        if "mask" in backbone_out:  # a person-aware encoder's own silhouette, for its training loss
+            out["person_logits"] = backbone_out["mask"]
+        return out

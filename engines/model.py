@@ -32,7 +32,8 @@ class MultiScaleSegmenter(nn.Module):
     """Runs ``net`` on the input at each scale with shared weights and merges the score maps.
 
     Eval mode returns ``{"logits", "attention"}``; train mode adds ``"scale_logits"``, each
-    scale's scores on the same grid as ``"logits"``, for the extra supervision loss.
+    scale's scores on the same grid as ``"logits"``, for the extra supervision loss, and, for a
+    person-aware encoder, ``"person_logits"``: its own person mask at scale 1.
     """
 
     def __init__(self, net: SegmentationNet, scales: Sequence[float], merge: ScaleMerge) -> None:
@@ -48,11 +49,13 @@ class MultiScaleSegmenter(nn.Module):
         features: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
         grid: Sequence[int] | None = None
+        person_logits = None
         for scale in self.scales:
             xs = x if scale == 1.0 else _resize(x, (scaled_size(height, scale), scaled_size(width, scale)))
             out = self.net(xs)
             if grid is None:
                 grid = out["logits"].shape[-2:]
+                person_logits = out.get("person_logits")
             logits.append(_resize(out["logits"], grid))
             if self.merge.uses_features:
                 features.append(_resize(out["features"], grid))
@@ -60,6 +63,8 @@ class MultiScaleSegmenter(nn.Module):
         result: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"logits": fused, "attention": attention}
         if self.training:
             result["scale_logits"] = logits
+            if person_logits is not None:
+                result["person_logits"] = person_logits
         return result
 
 

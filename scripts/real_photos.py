@@ -161,16 +161,19 @@ def main(argv: list[str] | None = None) -> int:
             shares = results["checkpoints"][name]["photos"][photo]["reference_pixels_as"]
             print(f"    {photo:<12}" + "  ".join(f"{shares[c]:>10.2f}" for c in classes))
 
-    task = sorted(tasks)[0]
     rows = []
     for photo in photos:
-        predictions = [(name, labels_by[name][photo.name], ious[name][photo.name]) for name in names]
-        rows.append(photo_row(photo, references[photo.name].mask(), predictions, TASKS[task].palette))
+        predictions = [(name, labels_by[name][photo.name], ious[name][photo.name],
+                        TASKS[results["checkpoints"][name]["task"]].palette) for name in names]
+        rows.append(photo_row(photo, references[photo.name].mask(), predictions))
     grid = overlay_grid(rows)
-    legend = legend_strip(task, grid.width)
-    sheet = Image.new("RGB", (grid.width, grid.height + legend.height))
+    legends = [legend_strip(task, grid.width) for task in sorted(tasks, key=list(TASKS).index)]
+    sheet = Image.new("RGB", (grid.width, grid.height + sum(legend.height for legend in legends)))
     sheet.paste(grid, (0, 0))
-    sheet.paste(legend, (0, grid.height))
+    top = grid.height
+    for legend in legends:
+        sheet.paste(legend, (0, top))
+        top += legend.height
     size = save_jpeg(sheet, args.out)
     print(f"\noverlays: {args.out} ({size / 1000:.0f} KB)")
     for photo, row in zip(photos, rows):

@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75, 0.5])
     model.add_argument("--attention-width", type=int, help="attention hidden width (default: the backbone's)")
     model.add_argument("--backbone-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"output_stride": 8}\'')
+    model.add_argument("--person-loss", type=float, default=0.0,
+                       help="weight of a loss keeping a person-aware encoder's own mask right (selfie)")
     model.add_argument("--init", help="start from this PartCam checkpoint's weights (tensors of matching shape)")
     model.add_argument("--pretrained-backbone", metavar="KIND:PATH",
                        help="load encoder weights: torchvision:/path/mobilenet_v3_large.pth, selfie: (the "
@@ -364,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             labels = labels.to(device, non_blocking=True).long()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
                 output = model(core.preprocessing.normalise(images))
-                loss, terms = parsing_loss(output, labels, extra_supervision=extra, label_grid=args.label_grid)
+                loss, terms = parsing_loss(output, labels, extra_supervision=extra, label_grid=args.label_grid,
+                                           person_weight=getattr(args, "person_loss", 0.0))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -112,10 +112,10 @@ def save_jpeg(image: Image.Image, path: Path, max_bytes: int = 500_000) -> int:
     return size
 
 
-def photo_row(photo: RealPhoto, reference: np.ndarray, predictions: list[tuple[str, np.ndarray, float]],
-              palette: np.ndarray) -> list[tuple[np.ndarray, str]]:
-    """photo | reference mask | one parts overlay per checkpoint."""
+def photo_row(photo: RealPhoto, reference: np.ndarray,
+              predictions: list[tuple[str, np.ndarray, float, np.ndarray]]) -> list[tuple[np.ndarray, str]]:
+    """photo | reference mask | one overlay per checkpoint, each in its own task's palette."""
     row = [(photo.rgb, photo.name), (mask_overlay(photo.rgb, reference), "reference (BlazePose)")]
-    for label, labels, iou in predictions:
+    for label, labels, iou, palette in predictions:
         row.append((colourise(photo.rgb, labels, palette), f"{label}: IoU {iou:.2f}"))
     return row
