@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from .backbones import get_backbone_spec
 from .heads import HEADS, SegmentationNet
 from .merge import MERGES, AttentionMerge, AverageMerge, MaxMerge, ScaleMerge, SingleScale
+from .person_gate import PersonGate
 from .preprocessing import Preprocessing
 from .tasks import get_task
 
@@ -36,8 +37,10 @@ class MultiScaleSegmenter(nn.Module):
     person-aware encoder, ``"person_logits"``: its own person mask at scale 1.
     """
 
-    def __init__(self, net: SegmentationNet, scales: Sequence[float], merge: ScaleMerge) -> None:
+    def __init__(self, net: SegmentationNet, scales: Sequence[float], merge: ScaleMerge,
+                 person_gate: nn.Module | None = None) -> None:
         super().__init__()
+        self.person_gate = person_gate
         if not scales or scales[0] != 1.0:
             raise ValueError(f"scales must start with 1.0, got {tuple(scales)}")
         self.net = net
@@ -60,6 +63,8 @@ class MultiScaleSegmenter(nn.Module):
             if self.merge.uses_features:
                 features.append(_resize(out["features"], grid))
         fused, attention = self.merge(features, logits)
+        if self.person_gate is not None and not self.training:
+            fused = self.person_gate(x, fused)  # log-probabilities at the input's size
         result: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"logits": fused, "attention": attention}
         if self.training:
             result["scale_logits"] = logits
@@ -77,10 +82,13 @@ def build_model(
     attention_width: int | None = None,
     backbone_kwargs: dict | None = None,
     num_classes: int | None = None,
+    person_gate: bool = False,
 ) -> MultiScaleSegmenter:
     """Build an attention-to-scale model with random weights.
 
-    ``merge="single"`` runs scale 1 alone whatever ``scales`` says. The model carries its
+    ``merge="single"`` runs scale 1 alone whatever ``scales`` says. ``person_gate`` adds a frozen
+    real-photo person segmenter that decides person vs background at inference
+    (``engines/person_gate.py``; load its weights with ``load_selfie_weights``). The model carries its
     configuration in ``model.config`` so that checkpoints can record it.
     """
     task_spec = get_task(task)
@@ -101,7 +109,8 @@ def build_model(
         merge_module = AttentionMerge(head.out_channels, len(scales), width=width)
     else:
         merge_module = {"max": MaxMerge, "average": AverageMerge, "single": SingleScale}[merge]()
-    model = MultiScaleSegmenter(net, scales, merge_module)
+    gate = PersonGate(spec.preprocessing) if person_gate else None
+    model = MultiScaleSegmenter(net, scales, merge_module, person_gate=gate)
     model.config = {
         "task": task,
         "backbone": backbone,
@@ -110,6 +119,7 @@ def build_model(
         "attention_width": width,
         "backbone_kwargs": dict(backbone_kwargs or {}),
         "num_classes": classes,
+        "person_gate": bool(person_gate),
     }
     model.preprocessing = spec.preprocessing
     return model

@@ -37,3 +37,25 @@ def test_parsing_loss_adds_the_person_term_only_when_asked():
     total.backward()
     grads = [p.grad for p in model.net.backbone.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_person_gate_factors_person_and_part_and_survives_a_checkpoint(tmp_path):
+    from engines import load_checkpoint, save_checkpoint
+
+    model = build_model(task="parts", backbone="selfie", merge="attention", person_gate=True).eval()
+    x = torch.rand(1, 3, 65, 81)
+    with torch.no_grad():
+        out = model(x)
+        person = torch.sigmoid(model.person_gate.person_logit(x))
+    probabilities = out["logits"].exp()
+    assert out["logits"].shape == (1, 7, 65, 81)  # gated scores come at the input's size
+    assert torch.allclose(probabilities.sum(1), torch.ones(1), atol=1e-5)
+    assert torch.allclose(probabilities[:, 0], 1 - person[:, 0], atol=1e-5)
+    assert not any(p.requires_grad for p in model.person_gate.parameters())  # frozen
+    path = tmp_path / "gated.safetensors"
+    save_checkpoint(path, model)
+    loaded = load_checkpoint(path)
+    assert loaded.metadata.person_gate and loaded.person_gate is not None
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["logits"], out["logits"])
+    assert model.train()(x)["logits"].shape[-2:] != (65, 81)  # training sees the ungated grid scores
