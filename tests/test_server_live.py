@@ -54,13 +54,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def https_server(tmp_path_factory):
+    from engines import build_model, save_checkpoint
+
     cache = tmp_path_factory.mktemp("cache")
     port = free_port()
     log_path = cache / "server.log"
+    checkpoints = []  # small untrained models: fast, and the start-up banner must say so
+    for task in ("parts", "clothes"):
+        checkpoints += [f"--{task}", str(cache / f"{task}.safetensors")]
+        save_checkpoint(checkpoints[-1], build_model(task=task, backbone="mobilenetv3_large"), input_size=97)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--engine", "cpu",
-             "--input-size", "97", "--token", "t0ken"],
+             "--input-size", "97", "--token", "t0ken", *checkpoints],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "XDG_CACHE_HOME": str(cache)})
     url = f"https://127.0.0.1:{port}"
     try:
