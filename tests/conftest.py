@@ -45,3 +45,20 @@ def tiny_engines():
 
     return {task: create_engine(build_model(task=task, backbone="mobilenetv3_large", merge="attention"),
                                 backend="cpu", input_size=97) for task in TASKS}
+
+
+def untrained_checkpoint_args(folder) -> list[str]:
+    """``--parts P --clothes C`` for small untrained checkpoints written to ``folder``.
+
+    Server processes in tests use these rather than the shipped models: they load fast, and the
+    page and start-up banner must say the model is untrained.
+    """
+    from engines import build_model, save_checkpoint
+    from engines.tasks import TASKS
+
+    args: list[str] = []
+    for task in TASKS:
+        path = folder / f"{task}.safetensors"
+        save_checkpoint(path, build_model(task=task, backbone="mobilenetv3_large"), input_size=97)
+        args += [f"--{task}", str(path)]
+    return args

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_scene
+from conftest import make_scene, untrained_checkpoint_args
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,15 +49,10 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     """``python -m server`` for real (eventlet, plain HTTP on loopback) with small untrained models."""
-    from engines import build_model, save_checkpoint
-
     port = free_port()
     folder = tmp_path_factory.mktemp("server")
     log_path = folder / "server.log"
-    checkpoints = []
-    for task in ("parts", "clothes"):
-        checkpoints += [f"--{task}", str(folder / f"{task}.safetensors")]
-        save_checkpoint(checkpoints[-1], build_model(task=task, backbone="mobilenetv3_large"), input_size=97)
+    checkpoints = untrained_checkpoint_args(folder)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "server", "--http", "--host", "127.0.0.1", "--port", str(port),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 import socketio
-from conftest import encode, make_scene
+from conftest import encode, make_scene, untrained_checkpoint_args
 from cryptography import x509
 
 from server.certs import ensure_certificate
@@ -54,15 +54,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def https_server(tmp_path_factory):
-    from engines import build_model, save_checkpoint
-
     cache = tmp_path_factory.mktemp("cache")
     port = free_port()
     log_path = cache / "server.log"
-    checkpoints = []  # small untrained models: fast, and the start-up banner must say so
-    for task in ("parts", "clothes"):
-        checkpoints += [f"--{task}", str(cache / f"{task}.safetensors")]
-        save_checkpoint(checkpoints[-1], build_model(task=task, backbone="mobilenetv3_large"), input_size=97)
+    checkpoints = untrained_checkpoint_args(cache)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--engine", "cpu",
