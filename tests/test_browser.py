@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_scene, untrained_checkpoint_args
+from conftest import make_scene, running_server
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,41 +35,11 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 15) -> None:
                 out.write(np.clip(plane + 0.5, 0, 255).astype(np.uint8).tobytes())
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     """``python -m server`` for real (eventlet, plain HTTP on loopback) with small untrained models."""
-    port = free_port()
-    folder = tmp_path_factory.mktemp("server")
-    log_path = folder / "server.log"
-    checkpoints = untrained_checkpoint_args(folder)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--http", "--host", "127.0.0.1", "--port", str(port),
-             "--engine", "cpu", "--input-size", "97", *checkpoints],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with running_server(tmp_path_factory.mktemp("server")) as (url, _log):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 def wait_for_fresh_results(page) -> None:

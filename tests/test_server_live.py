@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 import socketio
-from conftest import encode, make_scene, untrained_checkpoint_args
+from conftest import encode, make_scene, running_server
 from cryptography import x509
 
 from server.certs import ensure_certificate
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_certificate_names_the_lan_addresses_and_is_reused(tmp_path):
@@ -46,39 +41,12 @@ def test_accepted_connections_have_nagle_off():
             sock.close()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def https_server(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    port = free_port()
-    log_path = cache / "server.log"
-    checkpoints = untrained_checkpoint_args(cache)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--engine", "cpu",
-             "--input-size", "97", "--token", "t0ken", *checkpoints],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "XDG_CACHE_HOME": str(cache)})
-    url = f"https://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", verify=False, timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with running_server(cache, "--token", "t0ken", https=True,
+                        env={**os.environ, "XDG_CACHE_HOME": str(cache)}) as (url, log_path):
         yield url, cache, log_path
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
