@@ -43,7 +43,8 @@ from training.losses import parsing_loss
 from training.metrics import evaluate_model
 
 # Options that may change when a run resumes; everything else comes from the saved run.
-RUNTIME_OPTIONS = {"resume", "time_budget", "stop_at", "threads", "workers", "device", "progress", "val_limit", "amp"}
+RUNTIME_OPTIONS = {"resume", "time_budget", "stop_at", "threads", "workers", "device", "progress", "val_limit", "amp",
+                   "channels_last"}
 
 
 def _torchvision_backbone(model: torch.nn.Module, path: str) -> str:
@@ -120,6 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    run.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                     help="keep NCHW tensors (channels-last makes depthwise convs ~1.8x faster on CPU)")
     run.add_argument("--half", action="store_true", help="store best.safetensors in fp16 (half the size)")
     run.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
@@ -274,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                         attention_width=args.attention_width, backbone_kwargs=args.backbone_kwargs)
     init_notes = initialise(model, args) if state is None else list(state.get("init_notes", []))
     model.to(device).train()
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args))
     step, history, best = 0, {"train": [], "val": []}, {"miou": -1.0, "step": None}
@@ -362,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             t0 = time.monotonic()
             images, labels = next(batches)
-            images = images.to(device, non_blocking=True).float()
+            images = images.to(device, non_blocking=True).float().contiguous(memory_format=memory_format)
             labels = labels.to(device, non_blocking=True).long()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
                 output = model(core.preprocessing.normalise(images))
