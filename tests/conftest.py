@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import ssl
 import subprocess
@@ -16,6 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_engine_cache(tmp_path_factory):
+    """Converted and compiled programs made by tests go to a temporary folder, not the repository's cache."""
+    previous = os.environ.get("PARTCAM_ENGINE_DIR")
+    os.environ["PARTCAM_ENGINE_DIR"] = str(tmp_path_factory.mktemp("engine-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("PARTCAM_ENGINE_DIR", None)
+    else:
+        os.environ["PARTCAM_ENGINE_DIR"] = previous
 
 
 def make_scene(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:

@@ -304,5 +304,35 @@ def test_openvino_engine_gives_the_same_labels_as_torch():
         assert np.allclose(ref.attention, got.attention, atol=1e-4)
 
 
+def test_openvino_engine_caches_its_converted_program(tmp_path, caplog):
+    pytest.importorskip("openvino")
+    from engines.backends.openvino import IR_FILE, OpenVinoEngine
+
+    torch.manual_seed(4)
+    model = build_model(task="clothes", merge="attention")
+    frame = np.random.default_rng(2).integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    first = OpenVinoEngine(model, 65, threads=1, cache_dir=tmp_path)
+    assert not first.loaded_from_cache and (first.cache_folder / IR_FILE).is_file()
+    second = OpenVinoEngine(model, 65, threads=1, cache_dir=tmp_path)
+    assert second.loaded_from_cache and second.cache_folder == first.cache_folder
+    assert np.array_equal(first.infer([frame])[0].labels, second.infer([frame])[0].labels)
+
+    # Other weights or another input size never reuse the program.
+    assert OpenVinoEngine(model, 49, threads=1, cache_dir=tmp_path).loaded_from_cache is False
+    original_bias = model.net.classifier.bias.detach().clone()
+    with torch.no_grad():
+        model.net.classifier.bias.add_(1.0)
+    assert OpenVinoEngine(model, 65, threads=1, cache_dir=tmp_path).loaded_from_cache is False
+
+    # A damaged entry is converted again and replaced, with a warning, instead of failing.
+    (first.cache_folder / IR_FILE).write_text("<net>truncated")
+    with torch.no_grad():
+        model.net.classifier.bias.copy_(original_bias)
+    with caplog.at_level("WARNING", logger="partcam.engine"):
+        repaired = OpenVinoEngine(model, 65, threads=1, cache_dir=tmp_path)
+    assert not repaired.loaded_from_cache and "unreadable" in caplog.text
+    assert OpenVinoEngine(model, 65, threads=1, cache_dir=tmp_path).loaded_from_cache
+
+
 def test_registry_lists_the_papers_network():
     assert "vgg16_largefov" in BACKBONES and "mobilenetv3_large" in BACKBONES

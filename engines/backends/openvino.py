@@ -2,14 +2,25 @@
 
 Precision is pinned to f32 so labels match the PyTorch model exactly; OpenVINO would
 otherwise pick bf16 on CPUs that support it.
+
+Converting from PyTorch traces the network, which takes seconds per model; the converted
+program (OpenVINO IR, f32) is cached under ``<engine cache>/openvino/`` keyed by the model's
+weights and architecture, the input size and the OpenVINO and torch versions, so a restart
+loads it instead. A cache entry that cannot be read is converted again and replaced.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +28,10 @@ import torch
 from ..optimize import fuse_conv_bn
 from .base import BackendUnavailable, Engine, log
 from .cpu import set_cpu_threads
+from .engine_cache import default_cache_dir, model_sha256
+
+IR_FORMAT = 1
+IR_FILE = "model.xml"
 
 
 def _import_openvino():
@@ -47,12 +62,42 @@ class _TupleOutputs(torch.nn.Module):
         return out["logits"], out["attention"]
 
 
+def ir_cache_folder(model: torch.nn.Module, input_size: int, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the converted program for this model and input size lives (whether or not it exists yet)."""
+    import openvino
+
+    key = {"model": model_sha256(model), "input_size": int(input_size), "openvino": openvino.__version__,
+           "torch": torch.__version__, "format": IR_FORMAT}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    config = getattr(model, "config", {})
+    name = f"{config.get('backbone', 'model')}-{config.get('merge', 'unknown')}-{int(input_size)}px-{digest[:16]}"
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / "openvino" / name
+
+
+def _save_ir(ov, converted, folder: Path) -> None:
+    """Write the IR into a temporary sibling folder, then rename it into place, so readers never see half a file."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + "."))
+    try:
+        # compress_to_fp16=False: the saved weights stay f32, so cached and fresh engines give identical labels.
+        ov.save_model(converted, str(staging / IR_FILE), compress_to_fp16=False)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class OpenVinoEngine(Engine):
     name = "openvino"
     timing_label = "CPU time"
     batching_helps = False
 
-    def __init__(self, model: torch.nn.Module, input_size: int, threads: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, input_size: int, threads: int | None = None, *,
+                 cache_dir: str | os.PathLike | None = None, use_cache: bool = True) -> None:
         try:
             ov = _import_openvino()
         except ImportError:
@@ -60,20 +105,40 @@ class OpenVinoEngine(Engine):
         self.threads = set_cpu_threads(threads)
         super().__init__(model.float().eval(), input_size, torch.device("cpu"))
         started = time.perf_counter()
-        example = torch.zeros(1, 3, self.input_size, self.input_size)
-        with torch.no_grad(), warnings.catch_warnings():
-            # Tracing fixes every shape; that is intended, as the program is compiled per input size.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            converted = ov.convert_model(_TupleOutputs(fuse_conv_bn(self.model)), example_input=example,
-                                         input=[(1, 3, self.input_size, self.input_size)])
-        compiled = ov.Core().compile_model(converted, "CPU", {
+        core = ov.Core()
+        self.cache_folder = ir_cache_folder(self.model, self.input_size, cache_dir) if use_cache else None
+        self.loaded_from_cache = False
+        converted = None
+        if self.cache_folder is not None and (self.cache_folder / IR_FILE).is_file():
+            try:
+                converted = core.read_model(str(self.cache_folder / IR_FILE))
+                self.loaded_from_cache = True
+            except Exception as exc:  # a damaged cache entry must not stop the server: convert again
+                log.warning("OpenVINO cache entry %s is unreadable (%s); converting again", self.cache_folder, exc)
+        if converted is None:
+            converted = self._convert(ov)
+            if self.cache_folder is not None:
+                try:
+                    _save_ir(ov, converted, self.cache_folder)
+                except OSError as exc:  # a read-only cache only costs start-up time
+                    log.warning("could not cache the OpenVINO program in %s (%s)", self.cache_folder, exc)
+        compiled = core.compile_model(converted, "CPU", {
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "f32",
         })
         self._outputs = compiled.outputs
         self._request = compiled.create_infer_request()
-        log.info("OpenVINO engine ready in %.1f s (%d threads, f32)", time.perf_counter() - started, self.threads)
+        log.info("OpenVINO engine ready in %.1f s (%d threads, f32, %s)", time.perf_counter() - started,
+                 self.threads, "cached program" if self.loaded_from_cache else "converted from PyTorch")
+
+    def _convert(self, ov):
+        example = torch.zeros(1, 3, self.input_size, self.input_size)
+        with torch.no_grad(), warnings.catch_warnings():
+            # Tracing fixes every shape; that is intended, as the program is compiled per input size.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return ov.convert_model(_TupleOutputs(fuse_conv_bn(self.model)), example_input=example,
+                                    input=[(1, 3, self.input_size, self.input_size)])
 
     @property
     def device_name(self) -> str:
