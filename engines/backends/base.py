@@ -66,16 +66,19 @@ def to_predictions(logits: torch.Tensor, attention: torch.Tensor | None, size: i
                    valid: list[tuple[int, int]], frame_sizes: list[tuple[int, int]], cnn_ms: float,
                    want_attention: bool) -> list[Prediction]:
     """Upsample the network's grid to the letterboxed input, crop each frame, resize to its size."""
-    logits = F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False)
-    # max().indices is several times faster than argmax() over the channel axis on CPU.
-    labels_all = logits.max(dim=1).indices.to(torch.uint8).cpu().numpy()
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) != (size, size):  # gated models already answer at the input's size
+        logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
     att_all = None
     if want_attention and attention is not None:
         att_all = F.interpolate(attention.float(), size=(size, size), mode="bilinear", align_corners=False)
         att_all = att_all.cpu().numpy()
     predictions = []
     for index, ((vh, vw), (height, width)) in enumerate(zip(valid, frame_sizes)):
-        labels = _nearest_resize(labels_all[index, :vh, :vw], height, width)
+        # Only the frame's own region, not the padding; max().indices is several times faster
+        # than argmax() over the channel axis on CPU.
+        region = logits[index, :, :vh, :vw].max(dim=0).indices.to(torch.uint8).cpu().numpy()
+        labels = _nearest_resize(region, height, width)
         att = None
         if att_all is not None:
             att = np.ascontiguousarray(_nearest_resize(att_all[index, :, :vh, :vw], height, width), dtype=np.float32)
