@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,9 @@ import numpy as np
 import socketio
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.launch import ServerStartError, local_server
 
 
 def synthetic_frames(count: int = 4, width: int = 640, height: int = 480, quality: int = 80) -> list[bytes]:
@@ -123,36 +124,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(engine: str, input_size: int | None, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "server", "--http", "--host", "127.0.0.1", "--port", str(port), "--engine", engine]
-    if input_size:
-        command += ["--input-size", str(input_size)]
-    # The server's log goes to a file: an unread pipe would fill up and stall the server.
-    log_path = Path(tempfile.mkstemp(prefix="partcam-loadtest-", suffix=".log")[1])
-    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(command + extra, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-    print(f"server log: {log_path}", file=sys.stderr)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("server did not start within 600 s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=1)
@@ -167,13 +138,19 @@ def main() -> None:
     parser.add_argument("--view", default="overlay", choices=("overlay", "attention"))
     args, server_args = parser.parse_known_args()
 
-    process = None
-    if args.url:
-        url, pid = args.url, args.server_pid
-    else:
-        process, url = start_server(args.engine, args.input_size, server_args)
-        pid = process.pid
-    try:
+    with ExitStack() as stack:
+        if args.url:
+            url, pid = args.url, args.server_pid
+        else:
+            command = ["--engine", args.engine, *(["--input-size", str(args.input_size)] if args.input_size else []),
+                       *server_args]
+            log_path = Path(tempfile.mkstemp(prefix="partcam-loadtest-", suffix=".log")[1])
+            print(f"server log: {log_path}", file=sys.stderr)
+            try:
+                server = stack.enter_context(local_server(command, log_path))
+            except ServerStartError as error:
+                raise SystemExit(str(error)) from None
+            url, pid = server.url, server.process.pid
         with urllib.request.urlopen(f"{url}/api/info", timeout=10) as response:
             import json
 
@@ -193,10 +170,6 @@ def main() -> None:
         for thread in threads:
             thread.join()
         rss_after = rss_mb(pid)
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
 
     results = [r for s in stats for r in s.results]
     rtt = [r["rtt_ms"] for r in results]

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import ssl
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from server.launch import ServerStartError, local_server
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -86,13 +82,6 @@ def untrained_checkpoint_args(folder) -> list[str]:
     return args
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
@@ -102,29 +91,9 @@ def running_server(folder: Path, *args: str, https: bool = False,
 
     Yields the base URL and the server's log once ``/healthz`` answers; stops the server after.
     """
-    port = free_port()
-    log_path = folder / "server.log"
-    command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--engine", "cpu",
-               "--input-size", "97", *untrained_checkpoint_args(folder), *args]
-    if not https:
-        command.append("--http")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"{'https' if https else 'http'}://127.0.0.1:{port}"
-    unverified = ssl._create_unverified_context()  # the server's own self-signed certificate
+    command = ["--engine", "cpu", "--input-size", "97", *untrained_checkpoint_args(folder), *args]
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2, context=unverified) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url, log_path
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+        with local_server(command, folder / "server.log", https=https, timeout=90, env=env) as server:
+            yield server.url, server.log_path
+    except ServerStartError as error:
+        pytest.fail(str(error))

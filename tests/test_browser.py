@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import make_scene, running_server
 
+from training.realphoto.fake_camera import write_y4m
+
 CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parent.parent
-# Screenshots land in the README's docs/ only when asked for (PARTCAM_UPDATE_SCREENSHOTS=1).
-SCREENSHOT_DIR = ROOT / "docs" if os.environ.get("PARTCAM_UPDATE_SCREENSHOTS") == "1" else None
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is missing (apt-get install chromium); CI installs it")
-
-
-def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 15) -> None:
-    """YUV4MPEG2 with I420 planes (BT.601), the format chromium's fake camera reads."""
-    height, width = frames[0].shape[:2]
-    with open(path, "wb") as out:
-        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for frame in frames:
-            r, g, b = (frame[..., i].astype(np.float32) for i in range(3))
-            y = 0.299 * r + 0.587 * g + 0.114 * b
-            u = -0.1687 * r - 0.3313 * g + 0.5 * b + 128
-            v = 0.5 * r - 0.4187 * g - 0.0813 * b + 128
-            half = [p.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3)) for p in (u, v)]
-            out.write(b"FRAME\n")
-            for plane in (y, *half):
-                out.write(np.clip(plane + 0.5, 0, 255).astype(np.uint8).tobytes())
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +65,7 @@ def test_page_shows_live_overlays_readout_and_legend(live_server, tmp_path):
             expect(page.locator("#legend li")).to_have_text(list(TASKS["clothes"].classes[1:]))
             page.locator("#attention").click()
             expect(page.locator("#legend li")).to_have_text(["scale 1×", "scale 0.75×", "scale 0.5×"])
-            shots = SCREENSHOT_DIR or tmp_path
+            shots = tmp_path  # the README's screenshots come from scripts/screenshot.py with the shipped models
             wait_for_fresh_results(page)
             page.screenshot(path=str(shots / "screenshot-attention.png"))
             page.locator("#attention").click()
