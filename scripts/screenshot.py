@@ -6,7 +6,7 @@ Debian's chromium at it with a fake camera that plays a real photo held up with 
 shake (``training/realphoto/fake_camera.py``), waits for fresh results and saves one phone-sized
 PNG per view:
 
-    python scripts/screenshot.py                      # docs/screenshot.png, -clothes, -attention
+    python scripts/screenshot.py                      # docs/screenshot.jpg, -clothes, -attention
     python scripts/screenshot.py --photo grace_hopper --out-dir /tmp/shots
 
 Needs chromium (``apt-get install chromium``) and playwright (requirements-dev.txt).
@@ -51,8 +51,8 @@ def take_screenshots(url: str, camera: Path, out_dir: Path) -> list[Path]:
             page.goto(url + "/")
             expect(page.locator("#overlay")).to_be_visible(timeout=60_000)
             wait_for_fresh_results(page)
-            shots = [("screenshot.png", None), ("screenshot-clothes.png", "Clothes"),
-                     ("screenshot-attention.png", "attention")]
+            shots = [("screenshot.jpg", None), ("screenshot-clothes.jpg", "Clothes"),
+                     ("screenshot-attention.jpg", "attention")]
             for name, control in shots:
                 if control == "attention":
                     page.locator("#attention").click()
@@ -60,7 +60,7 @@ def take_screenshots(url: str, camera: Path, out_dir: Path) -> list[Path]:
                     page.get_by_role("radio", name=control).click()
                 wait_for_fresh_results(page)
                 path = out_dir / name
-                page.screenshot(path=str(path))
+                page.screenshot(path=str(path), type="jpeg", quality=85)
                 saved.append(path)
         finally:
             browser.close()
