@@ -67,8 +67,15 @@ class SegmentationNet(nn.Module):
         self.classifier = classifier
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.classify(*self.encode(x))
+
+    def encode(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Backbone outputs and the head's features: the part that tasks sharing a backbone share."""
         backbone_out = self.backbone(x)
-        features = self.head(backbone_out)
+        return backbone_out, self.head(backbone_out)
+
+    def classify(self, backbone_out: dict[str, torch.Tensor], features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Class scores from encoded features, plus what the multi-scale wrapper and losses read."""
         out = {"features": features, "logits": self.classifier(features)}
         if "mask" in backbone_out:  # a person-aware encoder's own silhouette, for its training loss
             out["person_logits"] = backbone_out["mask"]

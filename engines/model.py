@@ -48,14 +48,22 @@ class MultiScaleSegmenter(nn.Module):
         self.merge = merge
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
+        return self.fuse(x, [self.net(xs) for xs in self.scaled_inputs(x)])
+
+    def scaled_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The input at each of the model's scales, scale 1 first."""
         height, width = int(x.shape[-2]), int(x.shape[-1])  # static sizes keep tracing/export simple
+        return [x if scale == 1.0 else _resize(x, (scaled_size(height, scale), scaled_size(width, scale)))
+                for scale in self.scales]
+
+    def fuse(self, x: torch.Tensor, outputs: Sequence[dict[str, torch.Tensor]]
+             ) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
+        """Merge the per-scale network outputs (one per entry of ``scaled_inputs(x)``) into the result."""
         features: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
         grid: Sequence[int] | None = None
         person_logits = None
-        for scale in self.scales:
-            xs = x if scale == 1.0 else _resize(x, (scaled_size(height, scale), scaled_size(width, scale)))
-            out = self.net(xs)
+        for out in outputs:
             if grid is None:
                 grid = out["logits"].shape[-2:]
                 person_logits = out.get("person_logits")

@@ -15,6 +15,11 @@ from ImageNet weights. ``--schedule paper`` reproduces that step schedule; the d
 the poly schedule lr·(1 − step/steps)^0.9 that later DeepLabs use. From random weights on a CPU,
 ``--optimizer adamw --lr 1e-3`` converges far faster than SGD.
 
+Both tasks at once: ``--task parts+clothes`` trains one shared network with a classifier and an
+attention head per task (``training/multitask.py``) on sources that label both (the synthetic
+people), and writes ``RUN/best-parts.safetensors`` and ``RUN/best-clothes.safetensors``: two
+ordinary checkpoints, for about the cost of training one.
+
 Several GPUs: ``torchrun --nproc_per_node=N scripts/train.py ...`` (DDP; ``--batch-size`` is per GPU).
 """
 
@@ -41,10 +46,28 @@ from training.augment import TrainTransform
 from training.datasets import MixedBatchSampler, MixedDataset, open_dataset, parse_source
 from training.losses import parsing_loss
 from training.metrics import evaluate_model
+from training.multitask import JointLabels, JointSegmenter, build_joint_model, decode_labels
 
 # Options that may change when a run resumes; everything else comes from the saved run.
 RUNTIME_OPTIONS = {"resume", "time_budget", "stop_at", "threads", "workers", "device", "progress", "val_limit", "amp",
                    "channels_last"}
+
+
+def task_models(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """``{task: MultiScaleSegmenter}``: one entry, or each task of a joint model."""
+    if isinstance(model, JointSegmenter):
+        return dict(model.tasks.items())
+    return {model.config["task"]: model}
+
+
+def parse_task(text: str) -> str:
+    """A task name, or several joined with ``+`` for joint training."""
+    tasks = text.split("+")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or len(set(tasks)) != len(tasks):
+        raise argparse.ArgumentTypeError(f"{text!r}: use one of {', '.join(sorted(TASKS))}, or several joined "
+                                         f"with + (e.g. parts+clothes)")
+    return text
 
 
 def _torchvision_backbone(model: torch.nn.Module, path: str) -> str:
@@ -72,7 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run", type=Path, required=True, help="run folder (last.pt, best.safetensors, curves.png)")
     p.add_argument("--resume", action="store_true", help="continue RUN/last.pt if it exists (else start fresh)")
     model = p.add_argument_group("model")
-    model.add_argument("--task", choices=sorted(TASKS), default="parts")
+    model.add_argument("--task", type=parse_task, default="parts",
+                       help=f"{', '.join(sorted(TASKS))}, or parts+clothes to train both with one shared network")
     model.add_argument("--backbone", choices=sorted(BACKBONES), default="mobilenetv3_large")
     model.add_argument("--merge", choices=MERGES, default="attention")
     model.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75, 0.5])
@@ -159,7 +183,8 @@ def lr_factor(step: int, args: argparse.Namespace) -> float:
 
 def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
     """Param groups: backbone/head vs new layers (× classifier-lr-mult); no decay on biases and norms."""
-    new_layers = {id(p) for m in (model.net.classifier, model.merge) for p in m.parameters()}
+    new_layers = {id(p) for task_model in task_models(model).values()
+                  for m in (task_model.net.classifier, task_model.merge) for p in m.parameters()}
     groups: dict[tuple[bool, bool], list] = {}
     for param in model.parameters():
         if param.requires_grad:
@@ -177,22 +202,25 @@ def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.op
 def initialise(model: torch.nn.Module, args: argparse.Namespace) -> list[str]:
     """Apply --init and --pretrained-backbone; returns what was loaded, for the checkpoint notes."""
     notes = []
+    models = task_models(model)
+    shared = next(iter(models.values()))  # a joint model's tasks share its backbone
     if args.pretrained_backbone:
         kind, _, path = args.pretrained_backbone.partition(":")
         if kind in BACKBONE_INITIALISERS:
-            notes.append(BACKBONE_INITIALISERS[kind](model, path))
+            notes.append(BACKBONE_INITIALISERS[kind](shared, path))
         else:  # package.module:function:PATH
             function, _, path = path.partition(":")
             if not function or not path:
                 raise SystemExit(f"--pretrained-backbone: unknown kind {kind!r}; use "
                                  f"{', '.join(BACKBONE_INITIALISERS)}:PATH or package.module:function:PATH")
-            notes.append(str(getattr(importlib.import_module(kind), function)(model, path)))
+            notes.append(str(getattr(importlib.import_module(kind), function)(shared, path)))
     if args.init:
         source = load_checkpoint(args.init).state_dict()
-        own = model.state_dict()
-        matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(matched, strict=False)
-        notes.append(f"initialised from {args.init} ({len(matched)}/{len(own)} tensors)")
+        for task, task_model in models.items():
+            own = task_model.state_dict()
+            matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+            task_model.load_state_dict(matched, strict=False)
+            notes.append(f"{task}: initialised from {args.init} ({len(matched)}/{len(own)} tensors)")
     return notes
 
 
@@ -209,7 +237,12 @@ def plot_curves(history: dict, path: Path) -> None:
     ax_loss.set(xlabel="step", ylabel="training loss", title="Loss")
     ax_loss.grid(alpha=0.3)
     val = history.get("val", [])
-    if val:
+    if val and "tasks" in val[-1]:  # joint training: one line per task
+        for task in val[-1]["tasks"]:
+            ax_miou.plot([r["step"] for r in val], [100 * r["tasks"][task]["miou"] for r in val], "o-", lw=1.5,
+                         label=task)
+        ax_miou.legend()
+    elif val:
         ax_miou.plot([r["step"] for r in val], [100 * r["miou"] for r in val], "o-", lw=1.5)
     ax_miou.set(xlabel="step", ylabel="mIoU (%)", title="Validation mIoU")
     ax_miou.grid(alpha=0.3)
@@ -258,39 +291,51 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed + rank)
 
     # Data: each source gets augmentation that knows its own left/right label swaps.
+    tasks = args.task.split("+")
+    joint = len(tasks) > 1
     sources, weights = [], []
     for text in args.data:
         spec = parse_source(text)
-        dataset = open_dataset(spec.name, spec.root, split=spec.split, task=args.task)
+        try:
+            per_task = [open_dataset(spec.name, spec.root, split=spec.split, task=task) for task in tasks]
+            dataset = JointLabels(per_task) if joint else per_task[0]
+        except ValueError as error:
+            raise SystemExit(f"--data {text}: {error}") from None
         dataset.transform = TrainTransform(crop_size=args.crop_size, scale_range=tuple(args.scale_range),
                                            flip=not args.no_flip, flip_lut=dataset.flip_lut())
         sources.append(dataset)
         weights.append(spec.weight)
     trained_on = " + ".join(f"{s.describe()} ×{w:g}" for s, w in zip(sources, weights))
-    val_set = None
+    val_sets = {}
     if args.val:
         spec = parse_source(args.val)
-        val_set = open_dataset(spec.name, spec.root, split=spec.split or ("val" if spec.name != "synthetic" else None),
-                               task=args.task)
+        split = spec.split or ("val" if spec.name != "synthetic" else None)
+        val_sets = {task: open_dataset(spec.name, spec.root, split=split, task=task) for task in tasks}
 
-    model = build_model(task=args.task, backbone=args.backbone, merge=args.merge, scales=args.scales,
-                        attention_width=args.attention_width, backbone_kwargs=args.backbone_kwargs)
+    model_options = {"backbone": args.backbone, "merge": args.merge, "scales": args.scales,
+                     "attention_width": args.attention_width, "backbone_kwargs": args.backbone_kwargs}
+    model = build_joint_model(tasks=tasks, **model_options) if joint else build_model(task=tasks[0], **model_options)
     init_notes = initialise(model, args) if state is None else list(state.get("init_notes", []))
     model.to(device).train()
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args))
-    step, history, best = 0, {"train": [], "val": []}, {"miou": -1.0, "step": None}
+    # best: {task: {"miou", "step"}}, the best validation so far of each task's model
+    step, history, best = 0, {"train": [], "val": []}, {task: {"miou": -1.0, "step": None} for task in tasks}
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, history, best = int(state["step"]), state["history"], state["best"]
+        if "miou" in best:  # runs saved before per-task bests
+            best = {tasks[0]: best}
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda"):
             torch.cuda.set_rng_state(state["rng"]["cuda"][0], device)
     core = model
+    models = task_models(core)
+    best_paths = {task: args.run / (f"best-{task}.safetensors" if joint else "best.safetensors") for task in tasks}
     if distributed:
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -319,25 +364,32 @@ def main(argv: list[str] | None = None) -> int:
                            "best": best, "args": _jsonable(args), "init_notes": init_notes}, last_path)
         plot_curves(history, args.run / "curves.png")
 
-    def save_best(metrics: dict) -> None:
+    def save_best(task: str, metrics: dict) -> None:
         notes = (f"{args.backbone}/{args.merge}, extra supervision {'on' if extra else 'off'}, {args.optimizer} "
                  f"lr {args.lr:g} ({args.schedule}), batch {args.batch_size}×{world}, crop {args.crop_size}, "
-                 f"step {step}/{args.steps}" + "".join(f"; {n}" for n in init_notes))
-        save_checkpoint(args.run / "best.safetensors", core, half=args.half, input_size=args.input_size,
+                 f"step {step}/{args.steps}" + (f"; trained jointly for {args.task} with a shared network"
+                                                if joint else "") + "".join(f"; {n}" for n in init_notes))
+        save_checkpoint(best_paths[task], models[task], half=args.half, input_size=args.input_size,
                         trained=True, trained_on=trained_on, metrics=metrics, notes=notes)
 
     def validate() -> None:
         started = time.monotonic()
-        result = evaluate_model(core, val_set, input_size=args.input_size, device=device,
-                                limit=args.val_limit or None)
-        history["val"].append({"step": step, "miou": result["miou"], "iou": result["iou"],
-                               "seconds": time.monotonic() - started})
-        if result["miou"] > best["miou"]:
-            best.update(miou=result["miou"], step=step)
-            save_best({"val_miou": result["miou"], "val_iou": result["iou"], "val_images": result["images"],
-                       "val_dataset": val_set.describe(), "step": step})
-        print(f"step {step}: validation mIoU {100 * result['miou']:.2f} (best {100 * best['miou']:.2f} "
-              f"at step {best['step']})", flush=True)
+        results = {task: evaluate_model(models[task], val_sets[task], input_size=args.input_size, device=device,
+                                        limit=args.val_limit or None) for task in tasks}
+        entry = {"step": step, "miou": sum(r["miou"] for r in results.values()) / len(results),
+                 "seconds": time.monotonic() - started}
+        if joint:
+            entry["tasks"] = {task: {"miou": r["miou"], "iou": r["iou"]} for task, r in results.items()}
+        else:
+            entry["iou"] = results[tasks[0]]["iou"]
+        history["val"].append(entry)
+        for task, result in results.items():
+            if result["miou"] > best[task]["miou"]:
+                best[task].update(miou=result["miou"], step=step)
+                save_best(task, {"val_miou": result["miou"], "val_iou": result["iou"], "val_images": result["images"],
+                                 "val_dataset": val_sets[task].describe(), "step": step})
+            print(f"step {step}: {task + ' ' if joint else ''}validation mIoU {100 * result['miou']:.2f} "
+                  f"(best {100 * best[task]['miou']:.2f} at step {best[task]['step']})", flush=True)
 
     if is_main:
         args.run.mkdir(parents=True, exist_ok=True)
@@ -371,8 +423,15 @@ def main(argv: list[str] | None = None) -> int:
             labels = labels.to(device, non_blocking=True).long()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
                 output = model(core.preprocessing.normalise(images))
-                loss, terms = parsing_loss(output, labels, extra_supervision=extra, label_grid=args.label_grid,
-                                           person_weight=getattr(args, "person_loss", 0.0))
+                outputs, targets = (output, decode_labels(labels, tasks)) if joint else ({tasks[0]: output},
+                                                                                        {tasks[0]: labels})
+                loss, terms = 0.0, {}
+                for task in tasks:
+                    task_loss, task_terms = parsing_loss(outputs[task], targets[task], extra_supervision=extra,
+                                                         label_grid=args.label_grid,
+                                                         person_weight=getattr(args, "person_loss", 0.0))
+                    loss = loss + task_loss
+                    terms.update({(f"{task}/{k}" if joint else k): v for k, v in task_terms.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -391,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "images_per_s": window_n * args.batch_size * world / max(seconds, 1e-9),
                                          "terms": terms})
                 window_loss, window_n, window_start = 0.0, 0, time.monotonic()
-            if val_set is not None and step % args.val_every == 0:
+            if val_sets and step % args.val_every == 0:
                 if is_main:
                     validate()
                     reserve = history["val"][-1]["seconds"] + 5
@@ -407,22 +466,26 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
 
     if is_main:
-        if val_set is not None and (not history["val"] or history["val"][-1]["step"] != step):
+        if val_sets and (not history["val"] or history["val"][-1]["step"] != step):
             validate()
-        elif val_set is None:
-            save_best({"step": step, "note": "no validation set; this is the latest model"})
+        elif not val_sets:
+            for task in tasks:
+                save_best(task, {"step": step, "note": "no validation set; this is the latest model"})
         save_last()
         speed = [r["images_per_s"] for r in history["train"][-10:]]
         summary = {"step": step, "steps": args.steps, "finished": step >= args.steps,
                    "minutes_this_call": (time.monotonic() - started) / 60,
                    "images_per_s": sum(speed) / len(speed) if speed else None,
-                   "best_val_miou": best["miou"] if val_set else None, "best_step": best["step"]}
+                   "best_val_miou": ({t: b["miou"] for t, b in best.items()} if joint else best[tasks[0]]["miou"])
+                   if val_sets else None,
+                   "best_step": {t: b["step"] for t, b in best.items()} if joint else best[tasks[0]]["step"]}
         (args.run / "summary.json").write_text(json.dumps(summary, indent=2))
         print(f"{'finished' if step >= args.steps else 'stopped'} at step {step}/{args.steps} after "
               f"{(time.monotonic() - started) / 60:.1f} min"
               + (f", {sum(speed) / len(speed):.1f} images/s" if speed else "")
-              + (f"; best validation mIoU {100 * best['miou']:.2f} at step {best['step']}" if val_set else "")
-              + f"; {args.run / 'best.safetensors'}", flush=True)
+              + "".join(f"; best {task} validation mIoU {100 * best[task]['miou']:.2f} at step {best[task]['step']}"
+                        for task in tasks if val_sets)
+              + f"; {', '.join(str(p) for p in best_paths.values())}", flush=True)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()

@@ -115,3 +115,61 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert [r["loss"] for r in a["history"]["train"]] == pytest.approx([r["loss"] for r in b["history"]["train"]])
     assert [r["step"] for r in b["history"]["val"]] == [3, 6]
     assert b["optimizer"]["state"].keys() == a["optimizer"]["state"].keys()
+
+
+def test_labels_of_two_tasks_survive_encoding():
+    from training.multitask import decode_labels, encode_labels
+
+    rng = np.random.default_rng(0)
+    parts = rng.integers(0, 7, size=(5, 6)).astype(np.uint8)
+    clothes = rng.integers(0, 6, size=(5, 6)).astype(np.uint8)
+    clothes[0, 0], parts[1, 1] = 255, 255  # ignored pixels stay ignored, per task
+    code = encode_labels([parts, clothes], ["parts", "clothes"])
+    assert code.dtype == np.uint8 and code[(parts == 0) & (clothes == 0)].max(initial=0) == 0  # padding stays 0
+    decoded = decode_labels(torch.from_numpy(code)[None], ["parts", "clothes"])
+    assert np.array_equal(decoded["parts"][0].numpy(), parts)
+    assert np.array_equal(decoded["clothes"][0].numpy(), clothes)
+    with pytest.raises(ValueError, match="below"):
+        encode_labels([np.full((2, 2), 9, np.uint8), clothes[:2, :2]], ["parts", "clothes"])
+
+
+def test_joint_training_writes_one_ordinary_checkpoint_per_task(tiny_data, tmp_path):
+    from training.multitask import build_joint_model
+
+    train = _load_script("train")
+    run = tmp_path / "joint"
+    args = _train_args(run, *tiny_data, "--steps", "14", "--val-every", "14")
+    args[args.index("--task") + 1] = "parts+clothes"
+    assert train.main(args) == 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    losses = [r["loss"] for r in state["history"]["train"]]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    assert set(state["history"]["val"][-1]["tasks"]) == {"parts", "clothes"}
+    assert set(state["history"]["train"][-1]["terms"]) >= {"parts/fused", "clothes/fused"}
+
+    # Each checkpoint is a normal model of its task, and answers exactly as the joint network did.
+    joint = build_joint_model(tasks=["parts", "clothes"], merge="attention")
+    joint.load_state_dict(state["model"])
+    joint.eval()
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        together = joint(x)
+        for task, classes in (("parts", 7), ("clothes", 6)):
+            alone = load_checkpoint(run / f"best-{task}.safetensors")
+            assert alone.metadata.task == task and alone.config["num_classes"] == classes
+            assert torch.allclose(alone(x)["logits"], together[task]["logits"], atol=1e-5)
+    shared = joint.tasks["parts"].net.backbone
+    assert shared is joint.tasks["clothes"].net.backbone
+    assert sum(p.numel() for p in joint.parameters()) < 1.2 * sum(p.numel() for p in joint.tasks["parts"].parameters())
+
+
+def test_joint_training_refuses_sources_without_both_label_sets(tmp_path):
+    train = _load_script("train")
+    data = make_synthetic(tmp_path / "synth", 3, size=48)
+    next((data / "clothes").glob("*.png")).unlink()  # one image has parts labels only
+    args = _train_args(tmp_path / "run", data, data, "--steps", "1")
+    args[args.index("--task") + 1] = "parts+clothes"
+    with pytest.raises(SystemExit, match="do not cover the same images"):
+        train.main(args)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--run", "r", "--data", "x:y", "--task", "parts+hats"])

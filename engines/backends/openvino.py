@@ -5,7 +5,8 @@ otherwise pick bf16 on CPUs that support it.
 
 Converting from PyTorch traces the network, which takes seconds per model; the converted
 program (OpenVINO IR, f32) is cached under ``<engine cache>/openvino/`` keyed by the model's
-weights and architecture, the input size and the OpenVINO and torch versions, so a restart
+weights and architecture, the input size, the OpenVINO and torch versions and the source of
+``engines/`` (so an edited forward pass is converted afresh), so a restart
 loads it instead. A cache entry that cannot be read is converted again and replaced.
 """
 
@@ -62,12 +63,22 @@ class _TupleOutputs(torch.nn.Module):
         return out["logits"], out["attention"]
 
 
+def _network_code_digest() -> str:
+    """A hash of the network's source files: a changed forward pass must not reuse an old program."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def ir_cache_folder(model: torch.nn.Module, input_size: int, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the converted program for this model and input size lives (whether or not it exists yet)."""
     import openvino
 
     key = {"model": model_sha256(model), "input_size": int(input_size), "openvino": openvino.__version__,
-           "torch": torch.__version__, "format": IR_FORMAT}
+           "torch": torch.__version__, "format": IR_FORMAT, "code": _network_code_digest()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     config = getattr(model, "config", {})
     name = f"{config.get('backbone', 'model')}-{config.get('merge', 'unknown')}-{int(input_size)}px-{digest[:16]}"
