@@ -104,3 +104,25 @@ def test_cli_compares_checkpoints_in_one_table(tmp_path: Path) -> None:
     assert 0.0 <= iou <= 1.0 and iou == data["checkpoints"]["b"]["photos"]["astronaut"]["silhouette_iou"]
     assert out.stat().st_size < 500_000
     assert (tmp_path / "grid_astronaut.jpg").stat().st_size < 500_000
+
+
+def test_fake_camera_file_holds_every_frame_in_i420(tmp_path) -> None:
+    from training.realphoto.fake_camera import handheld_frames, write_y4m
+
+    photo = np.zeros((60, 50, 3), np.uint8)
+    photo[10:50, 15:35] = (200, 40, 40)  # a red figure on black
+    frames = handheld_frames(photo, width=40, height=64, count=3, seed=1)
+    assert [f.shape for f in frames] == [(64, 40, 3)] * 3
+    assert not all(np.array_equal(frames[0], f) for f in frames[1:])  # the hand shakes
+    path = tmp_path / "camera.y4m"
+    write_y4m(path, frames)
+    data = path.read_bytes()
+    header, _, body = data.partition(b"\n")
+    assert header.split()[:3] == [b"YUV4MPEG2", b"W40", b"H64"]
+    frame_bytes = len(b"FRAME\n") + 40 * 64 * 3 // 2
+    assert len(body) == 3 * frame_bytes
+    luma = np.frombuffer(body[6:6 + 40 * 64], np.uint8).reshape(64, 40)
+    grey = frames[0].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert np.abs(luma.astype(np.float32) - grey).max() <= 1.0
+    with pytest.raises(ValueError, match="even"):
+        write_y4m(tmp_path / "odd.y4m", [np.zeros((5, 4, 3), np.uint8)])
