@@ -301,8 +301,10 @@ def main(argv: list[str] | None = None) -> int:
             dataset = JointLabels(per_task) if joint else per_task[0]
         except ValueError as error:
             raise SystemExit(f"--data {text}: {error}") from None
-        dataset.transform = TrainTransform(crop_size=args.crop_size, scale_range=tuple(args.scale_range),
-                                           flip=not args.no_flip, flip_lut=dataset.flip_lut())
+        # People appear at the engine's sizes: images are scaled around the input size, then cropped.
+        dataset.transform = TrainTransform(crop_size=args.crop_size, base_size=args.input_size,
+                                           scale_range=tuple(args.scale_range), flip=not args.no_flip,
+                                           flip_lut=dataset.flip_lut())
         sources.append(dataset)
         weights.append(spec.weight)
     trained_on = " + ".join(f"{s.describe()} ×{w:g}" for s, w in zip(sources, weights))

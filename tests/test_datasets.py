@@ -224,6 +224,12 @@ def test_train_transform_shapes_grey_padding_and_reproducibility():
     jitter = TrainTransform(crop_size=64)
     outputs = {bytes(jitter(rgb, labels, seed=s)[0].numpy()) for s in range(4)}
     assert len(outputs) > 1
+    # With an input size of 96, people are scaled as the engine shows them (long side 96 × 0.5 = 48),
+    # whatever the crop size.
+    engine_sized = TrainTransform(crop_size=64, base_size=96, scale_range=(0.5, 0.5), brightness=0, contrast=0,
+                                  saturation=0, colour_cast=0)
+    _, target = engine_sized(rgb, labels, seed=3)
+    assert (target == 2).sum() == 48 * 24
 
 
 def test_random_crop_inside_a_larger_image():

@@ -1,8 +1,10 @@
 """Training augmentation: random scale, crop, mirror (with left/right label swaps) and colour jitter.
 
 Geometry follows the engine: evaluation letterboxes an image so its long side is the input
-size, so training first scales each image to that same base (long side = crop size), then by
-a random factor. Crops larger than the scaled image are padded with the engine's letterbox
+size, so training first scales each image to that same base (long side = the input size, given
+as ``base_size``; the crop size when it is not given), then by a random factor, and crops from
+that. A crop smaller than the input size thus sees people at the sizes the engine shows them.
+Crops larger than the scaled image are padded with the engine's letterbox
 grey, never black (black reads as dark clothing), and the padding is labelled background:
 the engine shows the network the same grey bars and they must come out as background.
 """
@@ -27,6 +29,7 @@ class TrainTransform:
     """
 
     crop_size: int = 320
+    base_size: int | None = None  # long side before the random scale; None = crop_size
     scale_range: tuple[float, float] = (0.5, 1.5)
     flip: bool = True
     flip_lut: np.ndarray | None = None
@@ -38,7 +41,7 @@ class TrainTransform:
     def __call__(self, rgb: np.ndarray, labels: np.ndarray, seed: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng(seed)
-        rgb, labels = random_scale(rgb, labels, self.crop_size, self.scale_range, rng)
+        rgb, labels = random_scale(rgb, labels, self.base_size or self.crop_size, self.scale_range, rng)
         rgb, labels = random_crop(rgb, labels, self.crop_size, rng)
         if self.flip and rng.random() < 0.5:
             rgb, labels = mirror(rgb, labels, self.flip_lut)
