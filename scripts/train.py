@@ -146,7 +146,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                     help="keep NCHW tensors (channels-last makes depthwise convs ~1.8x faster on CPU)")
+                     help="keep NCHW tensors (channels-last trains depthwise convolutions faster on CPU; see "
+                          "scripts/benchmark_training.py)")
     run.add_argument("--half", action="store_true", help="store best.safetensors in fp16 (half the size)")
     run.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
