@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from engines import BACKBONES, MERGES, TASKS, build_model, load_checkpoint, load_torchvision_weights, save_checkpoint
 from training.augment import TrainTransform
 from training.datasets import MixedBatchSampler, MixedDataset, open_dataset, parse_source
-from training.losses import parsing_loss
+from training.losses import balanced_class_weights, parsing_loss
 from training.metrics import evaluate_model
 from training.multitask import JointLabels, JointSegmenter, build_joint_model, decode_labels
 
@@ -104,7 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--backbone-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"output_stride": 8}\'')
     model.add_argument("--person-loss", type=float, default=0.0,
                        help="weight of a loss keeping a person-aware encoder's own mask right (selfie)")
-    model.add_argument("--init", help="start from this PartCam checkpoint's weights (tensors of matching shape)")
+    model.add_argument("--init", help="start from this PartCam checkpoint's weights, or a run's last.pt "
+                                      "(tensors of matching name and shape)")
     model.add_argument("--pretrained-backbone", metavar="KIND:PATH",
                        help="load encoder weights: torchvision:/path/mobilenet_v3_large.pth, selfie: (the "
                             "MediaPipe person encoder from npm), or "
@@ -131,6 +132,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="poly: (1-step/steps)^0.9; paper: ×0.1 after --paper-drop-step")
     optim.add_argument("--paper-drop-step", type=int, default=2000)
     optim.add_argument("--no-extra-supervision", action="store_true", help="loss on the fused output only")
+    optim.add_argument("--class-balance", type=float, default=0.0, metavar="POWER",
+                       help="weight each class by (median frequency / its frequency)^POWER, counted on up to 500 "
+                            "training labels per source; 0.5 lifts rare classes (bags, shoes), 0 is off")
     optim.add_argument("--label-grid", action="store_true",
                        help="downsample labels to the logits grid (the paper) instead of upsampling logits")
     optim.add_argument("--seed", type=int, default=0)
@@ -215,7 +219,13 @@ def initialise(model: torch.nn.Module, args: argparse.Namespace) -> list[str]:
                 raise SystemExit(f"--pretrained-backbone: unknown kind {kind!r}; use "
                                  f"{', '.join(BACKBONE_INITIALISERS)}:PATH or package.module:function:PATH")
             notes.append(str(getattr(importlib.import_module(kind), function)(shared, path)))
-    if args.init:
+    if args.init and str(args.init).endswith(".pt"):  # another run's training state: same layout, whole model
+        source = torch.load(args.init, map_location="cpu", weights_only=True)["model"]
+        own = model.state_dict()
+        matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(matched, strict=False)
+        notes.append(f"initialised from {args.init} ({len(matched)}/{len(own)} tensors)")
+    elif args.init:
         source = load_checkpoint(args.init).state_dict()
         for task, task_model in models.items():
             own = task_model.state_dict()
@@ -309,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         sources.append(dataset)
         weights.append(spec.weight)
     trained_on = " + ".join(f"{s.describe()} ×{w:g}" for s, w in zip(sources, weights))
+    class_weights: dict[str, torch.Tensor | None] = {task: None for task in tasks}
+    if args.class_balance > 0:
+        for index, task in enumerate(tasks):
+            counts = sum((s.datasets[index] if joint else s).pixel_counts() for s in sources)
+            class_weights[task] = balanced_class_weights(counts, power=args.class_balance)
     val_sets = {}
     if args.val:
         spec = parse_source(args.val)
@@ -371,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         notes = (f"{args.backbone}/{args.merge}, extra supervision {'on' if extra else 'off'}, {args.optimizer} "
                  f"lr {args.lr:g} ({args.schedule}), batch {args.batch_size}×{world}, crop {args.crop_size}, "
                  f"step {step}/{args.steps}" + (f"; trained jointly for {args.task} with a shared network"
-                                                if joint else "") + "".join(f"; {n}" for n in init_notes))
+                                                if joint else "")
+                 + (f"; class weights {[round(float(w), 2) for w in class_weights[task]]}"
+                    if class_weights[task] is not None else "")
+                 + "".join(f"; {n}" for n in init_notes))
         save_checkpoint(best_paths[task], models[task], half=args.half, input_size=args.input_size,
                         trained=True, trained_on=trained_on, metrics=metrics, notes=notes)
 
@@ -432,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                 for task in tasks:
                     task_loss, task_terms = parsing_loss(outputs[task], targets[task], extra_supervision=extra,
                                                          label_grid=args.label_grid,
-                                                         person_weight=getattr(args, "person_loss", 0.0))
+                                                         person_weight=getattr(args, "person_loss", 0.0),
+                                                         class_weights=class_weights[task])
                     loss = loss + task_loss
                     terms.update({(f"{task}/{k}" if joint else k): v for k, v in task_terms.items()})
             optimizer.zero_grad(set_to_none=True)

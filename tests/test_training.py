@@ -13,6 +13,7 @@ import torch
 from test_datasets import make_synthetic
 
 from engines import build_model, load_checkpoint
+from training.datasets import open_dataset
 from training.losses import parsing_loss
 from training.metrics import confusion_matrix, iou_per_class, mean_iou, summarise
 
@@ -173,3 +174,31 @@ def test_joint_training_refuses_sources_without_both_label_sets(tmp_path):
         train.main(args)
     with pytest.raises(SystemExit):
         train.parse_args(["--run", "r", "--data", "x:y", "--task", "parts+hats"])
+
+
+def test_class_weights_lift_rare_classes_and_weight_the_loss():
+    from training.losses import balanced_class_weights
+
+    weights = balanced_class_weights(np.array([900, 80, 20, 0]), power=0.5, max_weight=10)
+    # median frequency 0.08: the common class goes down, the rare one up, an unseen one to the cap
+    assert weights.tolist() == pytest.approx([(0.08 / 0.9) ** 0.5, 1.0, (0.08 / 0.02) ** 0.5, 10.0])
+    assert balanced_class_weights(np.array([5, 1]), power=0.0).tolist() == [1.0, 1.0]
+
+    logits = torch.zeros(1, 2, 1, 2, requires_grad=True)
+    logits.data[0, :, 0, 0] = torch.tensor([2.0, 0.0])  # pixel 0 (class 0) right, pixel 1 (class 1) wrong
+    labels = torch.tensor([[[0, 1]]])
+    plain, _ = parsing_loss({"logits": logits}, labels)
+    rare_first, _ = parsing_loss({"logits": logits}, labels, class_weights=torch.tensor([1.0, 3.0]))
+    per_pixel = torch.nn.functional.cross_entropy(logits.detach(), labels, reduction="none")[0, 0]
+    assert float(plain.detach()) == pytest.approx(float(per_pixel.mean()))
+    assert float(rare_first.detach()) == pytest.approx(float((per_pixel[0] + 3 * per_pixel[1]) / 4))
+
+
+def test_class_balanced_training_records_its_weights(tiny_data, tmp_path):
+    train = _load_script("train")
+    run = tmp_path / "balanced"
+    assert train.main(_train_args(run, *tiny_data, "--steps", "2", "--val-every", "2", "--class-balance", "0.5")) == 0
+    notes = load_checkpoint(run / "best.safetensors").metadata.notes
+    assert "class weights [" in notes
+    dataset_counts = open_dataset("synthetic", tiny_data[0], task="parts").pixel_counts()
+    assert dataset_counts.shape == (7,) and dataset_counts.sum() == 8 * 48 * 48

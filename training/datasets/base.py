@@ -140,6 +140,14 @@ class ParsingDataset(Dataset):
             raise ValueError(f"{label_path}: label size {labels.shape} != image size {rgb.shape[:2]}")
         return rgb, labels
 
+    def pixel_counts(self, limit: int = 500) -> np.ndarray:
+        """Pixels of each of our classes over ``limit`` label maps spread evenly over the set (ignore excluded)."""
+        count = min(limit, len(self))
+        totals = np.zeros(256, dtype=np.int64)
+        for index in np.linspace(0, len(self) - 1, count).round().astype(int):
+            totals += np.bincount(self.lut[read_label(self.samples[index][1])].ravel(), minlength=256)
+        return totals[: self.num_classes]
+
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, None)
         rgb, labels = self.read(int(index))
