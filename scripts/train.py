@@ -46,18 +46,11 @@ from training.augment import TrainTransform
 from training.datasets import MixedBatchSampler, MixedDataset, open_dataset, parse_source
 from training.losses import balanced_class_weights, parsing_loss
 from training.metrics import evaluate_model
-from training.multitask import JointLabels, JointSegmenter, build_joint_model, decode_labels
+from training.multitask import JointLabels, build_joint_model, decode_labels, task_models
 
 # Options that may change when a run resumes; everything else comes from the saved run.
 RUNTIME_OPTIONS = {"resume", "time_budget", "stop_at", "threads", "workers", "device", "progress", "val_limit", "amp",
                    "channels_last"}
-
-
-def task_models(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """``{task: MultiScaleSegmenter}``: one entry, or each task of a joint model."""
-    if isinstance(model, JointSegmenter):
-        return dict(model.tasks.items())
-    return {model.config["task"]: model}
 
 
 def parse_task(text: str) -> str:

@@ -58,6 +58,13 @@ class JointSegmenter(nn.Module):
         return {task: model.fuse(x, per_task[task]) for task, model in self.tasks.items()}
 
 
+def task_models(model: nn.Module) -> dict[str, MultiScaleSegmenter]:
+    """``{task: MultiScaleSegmenter}``: each task of a joint model, or the one task of a plain model."""
+    if isinstance(model, JointSegmenter):
+        return dict(model.tasks.items())
+    return {model.config["task"]: model}
+
+
 def build_joint_model(*, tasks: Sequence[str], **kwargs) -> JointSegmenter:
     """``build_model`` for each task, then one backbone and head shared by all (random weights)."""
     models = {task: build_model(task=task, **kwargs) for task in tasks}
