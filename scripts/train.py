@@ -453,11 +453,12 @@ def main(argv: list[str] | None = None) -> int:
             scheduler.step()
             step += 1
             step_seconds = 0.9 * step_seconds + 0.1 * (time.monotonic() - t0) if step_seconds else time.monotonic() - t0
-            window_loss += float(loss.detach())
+            step_loss = float(loss.detach())
+            window_loss += step_loss
             window_n += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
             if is_main and (step % args.log_every == 0 or step == args.steps):
                 seconds = time.monotonic() - window_start
                 history["train"].append({"step": step, "loss": window_loss / window_n,
