@@ -7,7 +7,7 @@ from .backbones import BACKBONES, get_backbone_spec, load_torchvision_weights
 from .backends import BACKENDS, BackendUnavailable, Engine, Prediction, create_engine
 from .checkpoint import CheckpointError, CheckpointMetadata, load_checkpoint, read_metadata, save_checkpoint
 from .merge import MERGES
-from .model import DEFAULT_SCALES, MultiScaleSegmenter, build_model
+from .model import DEFAULT_SCALES, MultiScaleSegmenter, add_person_gate, build_model
 from .preprocessing import Preprocessing
 from .tasks import TASKS, Task, get_task
 
@@ -27,6 +27,7 @@ __all__ = [
     "Prediction",
     "Preprocessing",
     "Task",
+    "add_person_gate",
     "build_model",
     "create_engine",
     "get_backbone_spec",

@@ -133,6 +133,24 @@ def build_model(
     return model
 
 
+def add_person_gate(model: MultiScaleSegmenter) -> MultiScaleSegmenter:
+    """Give ``model`` a frozen person gate with MediaPipe's selfie weights, in place; returns it.
+
+    The parsing weights are untouched: the gate only moves the person/background decision at
+    inference (``engines/person_gate.py``). Works for any backbone, since the gate undoes the
+    model's own input normalisation.
+    """
+    from .backbones.selfie import load_selfie_weights  # converts the npm TFLite file on first use
+
+    if model.person_gate is not None:
+        raise ValueError("model already has a person gate")
+    gate = PersonGate(model.preprocessing)
+    load_selfie_weights(gate)
+    model.person_gate = gate.to(next(model.parameters()).device).train(model.training)
+    model.config = {**getattr(model, "config", {}), "person_gate": True}
+    return model
+
+
 def default_preprocessing(backbone: str) -> Preprocessing:
     """The normalisation a backbone was designed for."""
     return get_backbone_spec(backbone).preprocessing
