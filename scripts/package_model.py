@@ -2,7 +2,7 @@
 """Package a trained checkpoint for shipping: fp16 weights, an optional person gate, and its test scores.
 
     python scripts/package_model.py --checkpoint runs/joint/best-parts.safetensors \\
-        --out models/parts-mnv3.safetensors
+        --out models/parts-mnv3.safetensors \\
         --synthetic-test data/synth_test --trained-on "synthetic people only: ..."
     python scripts/package_model.py --checkpoint CKPT --out OUT --person-gate --synthetic-test data/synth_test
 
