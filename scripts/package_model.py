@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
                                             limit=args.limit))
     if args.person_gate:
         add_person_gate(model).eval()
-        model.metadata = meta
     if args.synthetic_test:
         metrics.update(synthetic_scores(model, args.synthetic_test, prefix="synthetic_test", limit=args.limit))
 

@@ -73,8 +73,7 @@ def test_predictions_come_back_at_each_label_size(tmp_path):
 
 
 def test_package_model_adds_a_gate_in_fp16_and_records_what_it_measured(tmp_path):
-    from engines import load_checkpoint, read_metadata
-    from engines.model import add_person_gate
+    from engines import add_person_gate, load_checkpoint, read_metadata
 
     data = make_synthetic(tmp_path / "test", 2, size=40)
     source = _checkpoint(tmp_path / "source.safetensors", "clothes")
