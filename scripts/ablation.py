@@ -54,6 +54,18 @@ def markdown(results: dict[str, dict], task: str) -> str:
         if result:
             cells = ["–" if result["iou"][c] is None else f"{100 * result['iou'][c]:.2f}" for c in classes]
             lines.append(f"| {run_name(merge, extra)} | " + " | ".join(cells) + f" | {100 * result['miou']:.2f} |")
+    sized = {name: result["by_person_size"] for name, result in results.items() if "by_person_size" in result}
+    if sized:  # scale merging should matter most where people are very small or very large
+        bins = next(iter(sized.values()))
+        header = [f"{size} ({100 * part['person_share'][0]:.0f}–{100 * part['person_share'][1]:.0f}%, "
+                  f"{part['images']} images)" for size, part in bins.items()]
+        lines += ["", "mIoU by how much of the image the people cover:", "",
+                  "| run | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
+        for merge, extra in RUNS:
+            parts = sized.get(run_name(merge, extra))
+            if parts:
+                lines.append(f"| {run_name(merge, extra)} | "
+                             + " | ".join(f"{100 * parts[size]['miou']:.2f}" for size in bins) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         result_path = run / "test.json"
         evaluate = [sys.executable, str(SCRIPTS / "evaluate.py"), "--checkpoint", str(run / "best.safetensors"),
                     "--dataset", "synthetic", "--root", args.test, "--json", str(result_path),
-                    "--threads", str(args.threads), "--no-progress"]
+                    "--threads", str(args.threads), "--no-progress", "--by-person-size"]
         if args.test_limit:
             evaluate += ["--limit", str(args.test_limit)]
         subprocess.run(evaluate, check=True)

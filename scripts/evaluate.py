@@ -3,6 +3,7 @@
 
     python scripts/evaluate.py --checkpoint runs/parts/best.safetensors --dataset synthetic --root data/synth_test
     python scripts/evaluate.py --checkpoint CKPT --dataset lip --root /data/LIP --json lip.json
+    python scripts/evaluate.py --checkpoint CKPT --dataset synthetic --root data/synth_test --by-person-size
 
 Each whole image is letterboxed to the input size exactly as the engines do, the logits are
 upsampled bilinearly back to the label's own resolution, and every labelled pixel counts
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the result (IoU per class, mIoU, confusion matrix) here")
     p.add_argument("--input-size", type=int, help="letterbox size (default: the checkpoint's)")
     p.add_argument("--limit", type=int, help="score only the first N images")
+    p.add_argument("--by-person-size", action="store_true",
+                   help="also score the images by how much of them the people cover (small / medium / large)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     result = evaluate_model(model, dataset, input_size=input_size, device=device, limit=args.limit,
-                            batch_size=args.batch_size, progress=args.progress)
+                            batch_size=args.batch_size, progress=args.progress, by_person_size=args.by_person_size)
     seconds = time.monotonic() - started
     result.update(checkpoint=str(args.checkpoint), dataset=args.dataset, root=str(args.root), split=dataset.split,
                   task=meta.task, input_size=input_size, backbone=meta.backbone, merge=meta.merge,
@@ -87,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{seconds:.1f} s")
     print(f"checkpoint {args.checkpoint} (trained on: {meta.trained_on})\n")
     print(format_table([(label, result)], list(meta.classes)))
+    if args.by_person_size:
+        rows = []
+        for name, part in result["by_person_size"].items():
+            low, high = part["person_share"]
+            rows.append((f"{name} people ({low:.0%}–{high:.0%} of the image, {part['images']} images)", part))
+        print("\nby how much of the image the people cover:\n")
+        print(format_table(rows, list(meta.classes)))
     print(f"\npixel accuracy: {100 * result['pixel_accuracy']:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

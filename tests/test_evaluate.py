@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from test_datasets import _all_values, _write_pair, make_synthetic
 
 from engines import build_model, save_checkpoint
 from training.datasets import SyntheticPeople
-from training.metrics import evaluate_model, predict_full_resolution
+from training.metrics import PERSON_SIZES, evaluate_model, person_size, predict_full_resolution
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,54 @@ def test_predictions_come_back_at_each_label_size(tmp_path):
     result = evaluate_model(model, dataset, input_size=48, limit=1)
     assert result["images"] == 1 and np.asarray(result["confusion"]).sum() == 32 * 32
     assert model.training  # put back in the mode it was in
+
+
+def test_person_size_bins_add_up_to_the_whole_set(tmp_path):
+    labels = np.zeros((10, 10), np.uint8)
+    assert person_size(labels) == "small"
+    labels[:2] = 3  # 20% of the image
+    assert person_size(labels) == "medium"
+    labels[5:] = 255  # ignored pixels do not count: now 2 rows of 5 labelled ones
+    assert person_size(labels) == "large"
+    assert person_size(np.ones((4, 4), np.uint8)) == "large"
+    assert [name for name, _, _ in PERSON_SIZES] == ["small", "medium", "large"]
+
+    data = make_synthetic(tmp_path / "s", 4, size=36)
+    empty = np.zeros((36, 36), np.uint8)  # one image with nobody in it: a "small" one
+    Image.fromarray(empty).save(data / "parts" / "000003.png")
+    torch.manual_seed(0)
+    model = build_model(task="parts", merge="attention")
+    result = evaluate_model(model, SyntheticPeople(data), input_size=40, by_person_size=True)
+    bins = result["by_person_size"]
+    assert sum(part["images"] for part in bins.values()) == 4 and bins["small"]["images"] >= 1
+    total = sum(np.asarray(part["confusion"]) for part in bins.values())
+    assert np.array_equal(total, np.asarray(result["confusion"]))
+    assert "by_person_size" not in evaluate_model(model, SyntheticPeople(data), input_size=40)
+
+
+def test_ablation_trains_scores_and_tabulates_each_run(tmp_path):
+    train, test = make_synthetic(tmp_path / "train", 4, size=40), make_synthetic(tmp_path / "test", 2, size=40)
+    out = tmp_path / "ablation"
+
+    def ablation(*only: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "ablation.py"), "--train", str(train),
+                               "--test", str(test), "--out", str(out), "--backbone", "selfie", "--steps", "2",
+                               "--batch-size", "2", "--crop-size", "32", "--threads", "1", "--workers", "0",
+                               "--only", *only, "--", "--input-size", "40"],
+                              capture_output=True, text=True, timeout=300)
+
+    first = ablation("single-noes")
+    assert first.returncode == 0, first.stderr
+    second = ablation("attention-es")  # a later subset keeps the earlier rows
+    assert second.returncode == 0, second.stderr
+    runs = json.loads((out / "ablation.json").read_text())["runs"]
+    assert set(runs) == {"single-noes", "attention-es"}
+    assert runs["attention-es"]["extra_supervision"] and runs["single-noes"]["steps"] == 2
+    assert sum(part["images"] for part in runs["attention-es"]["by_person_size"].values()) == 2
+    table = (out / "ablation.md").read_text()
+    assert f"| attention | – | {100 * runs['attention-es']['miou']:.2f} |" in table
+    assert f"| single scale | {100 * runs['single-noes']['miou']:.2f} | – |" in table
+    assert "mIoU by how much of the image the people cover" in table and "| single-noes | " in table
 
 
 def test_package_model_adds_a_gate_in_fp16_and_records_what_it_measured(tmp_path):
