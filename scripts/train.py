@@ -6,8 +6,10 @@
 
 Resumable: ``RUN/last.pt`` holds model, optimiser, scheduler, step, RNG and history, written
 atomically; ``--resume`` continues exactly where it stopped (the data stream is a function of
-the step). The best model by validation mIoU is ``RUN/best.safetensors``, a PartCam checkpoint
-the engines load directly. ``RUN/curves.png`` plots the loss and validation mIoU.
+the step). Ctrl-C, ``--time-budget`` and SIGTERM (a batch scheduler's stop, ``kill``) all stop
+at a step boundary and write ``last.pt`` first. The best model by validation mIoU is
+``RUN/best.safetensors``, a PartCam checkpoint the engines load directly. ``RUN/curves.png``
+plots the loss and validation mIoU.
 
 The paper's schedule (DeepLab attention-to-scale, Caffe): SGD, batch 30, base lr 0.001 with the
 classifier at ×10, lr ×0.1 after 2,000 iterations, momentum 0.9, weight decay 5e-4, starting
@@ -30,8 +32,10 @@ import importlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -264,6 +268,32 @@ def plot_curves(history: dict, path: Path) -> None:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers decode and augment; the main process owns the cores for the network
+    # A SIGTERM sent to the whole group (kill -- -PGID, a batch scheduler) must reach only the main
+    # process, which stops cleanly and shuts its workers down; a worker killed by it first would
+    # abort the run before last.pt is written.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class TerminationRequest:
+    """Turns SIGTERM into a flag the training loop checks between steps, so the run stops at a step
+    boundary and saves RUN/last.pt (resumable) instead of dying mid-step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def install(self) -> TerminationRequest:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,11 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     window_loss, window_n, window_start = 0.0, 0, time.monotonic()
     step_seconds = 0.0
     batches = iter(loader)
+    termination = TerminationRequest().install()
     try:
         end = min(args.steps, args.stop_at or args.steps)
         while step < end:
             elapsed = time.monotonic() - started
-            stop = torch.tensor([int(elapsed + step_seconds + reserve > budget)], device=device)
+            stop = torch.tensor([int(termination.requested or elapsed + step_seconds + reserve > budget)],
+                                device=device)
             if distributed:
                 dist.broadcast(stop, 0)
             if stop.item():
@@ -478,11 +510,14 @@ def main(argv: list[str] | None = None) -> int:
         if is_main:
             print(f"\ninterrupted at step {step}; saving {last_path}", flush=True)
     finally:
+        termination.restore()
         if bar is not None:
             bar.close()
+    if termination.requested and is_main:  # a scheduler's grace period is short: save, skip validation
+        print(f"\nterminated (SIGTERM) at step {step}; saving {last_path}", flush=True)
 
     if is_main:
-        if val_sets and (not history["val"] or history["val"][-1]["step"] != step):
+        if val_sets and not termination.requested and (not history["val"] or history["val"][-1]["step"] != step):
             validate()
         elif not val_sets:
             for task in tasks:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +127,29 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert [r["loss"] for r in a["history"]["train"]] == pytest.approx([r["loss"] for r in b["history"]["train"]])
     assert [r["step"] for r in b["history"]["val"]] == [3, 6]
     assert b["optimizer"]["state"].keys() == a["optimizer"]["state"].keys()
+
+
+def test_sigterm_to_the_whole_group_stops_at_a_step_and_saves(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = _train_args(run, *tiny_data, "--steps", "100000", "--val-every", "100000", "--save-every", "2",
+                       "--workers", "1")
+    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        os.killpg(process.pid, signal.SIGTERM)  # main process and its DataLoader worker alike
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, err[-2000:]
+    stopped_at = int(re.search(r"terminated \(SIGTERM\) at step (\d+)", out).group(1))
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == stopped_at > 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == stopped_at and not summary["finished"]
 
 
 def test_labels_of_two_tasks_survive_encoding():
