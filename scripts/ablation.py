@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines import BACKBONES, TASKS
+from training.metrics import describe_person_size
 
 SCRIPTS = Path(__file__).resolve().parent
 # (merge, extra supervision): single scale has only one output, so only "without".
@@ -57,8 +58,7 @@ def markdown(results: dict[str, dict], task: str) -> str:
     sized = {name: result["by_person_size"] for name, result in results.items() if "by_person_size" in result}
     if sized:  # scale merging should matter most where people are very small or very large
         bins = next(iter(sized.values()))
-        header = [f"{size} ({100 * part['person_share'][0]:.0f}–{100 * part['person_share'][1]:.0f}%, "
-                  f"{part['images']} images)" for size, part in bins.items()]
+        header = [describe_person_size(size, part) for size, part in bins.items()]
         lines += ["", "mIoU by how much of the image the people cover:", "",
                   "| run | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
         for merge, extra in RUNS:

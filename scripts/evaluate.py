@@ -25,7 +25,7 @@ import torch
 
 from engines import CheckpointError, load_checkpoint
 from training.datasets import DATASETS, open_dataset
-from training.metrics import evaluate_model
+from training.metrics import describe_person_size, evaluate_model
 
 
 def format_table(rows: list[tuple[str, dict]], class_names: list[str]) -> str:
@@ -91,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint {args.checkpoint} (trained on: {meta.trained_on})\n")
     print(format_table([(label, result)], list(meta.classes)))
     if args.by_person_size:
-        rows = []
-        for name, part in result["by_person_size"].items():
-            low, high = part["person_share"]
-            rows.append((f"{name} people ({low:.0%}–{high:.0%} of the image, {part['images']} images)", part))
+        rows = [(describe_person_size(name, part), part) for name, part in result["by_person_size"].items()]
         print("\nby how much of the image the people cover:\n")
         print(format_table(rows, list(meta.classes)))
     print(f"\npixel accuracy: {100 * result['pixel_accuracy']:.2f}")

@@ -99,6 +99,12 @@ def person_size(labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> str:
     return PERSON_SIZES[-1][0]
 
 
+def describe_person_size(name: str, part: dict) -> str:
+    """A table row label for one ``by_person_size`` entry, e.g. 'small people (0%–10% of the image, 144 images)'."""
+    low, high = part["person_share"]
+    return f"{name} people ({low:.0%}–{high:.0%} of the image, {part['images']} images)"
+
+
 def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: torch.device | str = "cpu",
                    limit: int | None = None, batch_size: int = 1, progress: bool = False,
                    by_person_size: bool = False) -> dict:
