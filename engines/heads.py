@@ -18,6 +18,23 @@ class LinearHead(nn.Module):
         return feats["out"]
 
 
+class RefineBlock(nn.Module):
+    """Residual depthwise-separable 3×3 conv block; starts as the identity (last BN scale 0),
+    so adding it to a trained head changes nothing until it is trained."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
 class LightHead(nn.Module):
     """LR-ASPP-style head: gated deep features, upsampled and fused with a stride-8 skip.
 
@@ -25,7 +42,7 @@ class LightHead(nn.Module):
     so a person-aware encoder's silhouette reaches the classifier directly.
     """
 
-    def __init__(self, channels: dict[str, int], width: int = 128, low_width: int = 32) -> None:
+    def __init__(self, channels: dict[str, int], width: int = 128, low_width: int = 32, refine: int = 0) -> None:
         super().__init__()
         self.deep = nn.Sequential(
             nn.Conv2d(channels["out"], width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
@@ -38,6 +55,9 @@ class LightHead(nn.Module):
         self.fuse = nn.Sequential(
             nn.Conv2d(width + low_width + extra, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
+        # 1×1 convs alone cannot see a neighbourhood at stride 8, where thin limbs and part
+        # boundaries are decided; ``refine`` residual 3×3 blocks add that context cheaply.
+        self.refine = nn.Sequential(*(RefineBlock(width) for _ in range(refine)))
         self.out_channels = width
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -48,7 +68,7 @@ class LightHead(nn.Module):
         parts = [deep, self.low(low)]
         if "mask" in feats:
             parts.append(F.interpolate(feats["mask"], size=low.shape[-2:], mode="bilinear", align_corners=False))
-        return self.fuse(torch.cat(parts, dim=1))
+        return self.refine(self.fuse(torch.cat(parts, dim=1)))
 
 
 HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "light": LightHead}

@@ -89,6 +89,7 @@ def build_model(
     scales: Sequence[float] = DEFAULT_SCALES,
     attention_width: int | None = None,
     backbone_kwargs: dict | None = None,
+    head_kwargs: dict | None = None,
     num_classes: int | None = None,
     person_gate: bool = False,
 ) -> MultiScaleSegmenter:
@@ -108,7 +109,10 @@ def build_model(
     width = attention_width if attention_width is not None else spec.attention_width
 
     body = spec.builder(**(backbone_kwargs or {}))
-    head = HEADS[spec.head](body.channels)
+    try:
+        head = HEADS[spec.head](body.channels, **(head_kwargs or {}))
+    except TypeError as exc:  # an option this backbone's head does not have
+        raise ValueError(f"{spec.head} head of {backbone}: bad head_kwargs {head_kwargs!r} ({exc})") from None
     classifier = nn.Conv2d(head.out_channels, classes, 1)
     net = SegmentationNet(body, head, classifier)
 
@@ -126,6 +130,7 @@ def build_model(
         "scales": list(scales),
         "attention_width": width,
         "backbone_kwargs": dict(backbone_kwargs or {}),
+        "head_kwargs": dict(head_kwargs or {}),
         "num_classes": classes,
         "person_gate": bool(person_gate),
     }

@@ -99,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75, 0.5])
     model.add_argument("--attention-width", type=int, help="attention hidden width (default: the backbone's)")
     model.add_argument("--backbone-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"output_stride": 8}\'')
+    model.add_argument("--head-kwargs", type=json.loads, default={},
+                       help='JSON for the head, e.g. \'{"refine": 2}\' (residual 3×3 blocks in the light head)')
     model.add_argument("--person-loss", type=float, default=0.0,
                        help="weight of a loss keeping a person-aware encoder's own mask right (selfie)")
     model.add_argument("--init", help="start from this PartCam checkpoint's weights, or a run's last.pt "
@@ -354,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         val_sets = {task: open_dataset(spec.name, spec.root, split=split, task=task) for task in tasks}
 
     model_options = {"backbone": args.backbone, "merge": args.merge, "scales": args.scales,
-                     "attention_width": args.attention_width, "backbone_kwargs": args.backbone_kwargs}
+                     "attention_width": args.attention_width, "backbone_kwargs": args.backbone_kwargs,
+                     "head_kwargs": args.head_kwargs}
     model = build_joint_model(tasks=tasks, **model_options) if joint else build_model(task=tasks[0], **model_options)
     init_notes = initialise(model, args) if state is None else list(state.get("init_notes", []))
     model.to(device).train()

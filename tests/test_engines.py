@@ -202,6 +202,26 @@ def test_checkpoint_round_trip_is_exact(tmp_path, mobile_attention):
         assert torch.equal(model(x)["logits"], loaded(x)["logits"])
 
 
+def test_head_refinement_starts_as_the_identity_and_survives_a_checkpoint(tmp_path, mobile_attention):
+    plain = mobile_attention.eval()
+    refined = build_model(task="parts", head_kwargs={"refine": 2}).eval()
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(".head.refine." in key for key in missing)
+    x = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        assert torch.equal(plain(x)["logits"], refined(x)["logits"])  # a trained model can grow the blocks
+        for block in refined.net.head.refine:
+            torch.nn.init.normal_(block.body[-1].weight)  # as training would: no longer the identity
+        path = tmp_path / "refined.safetensors"
+        save_checkpoint(path, refined)
+        loaded = load_checkpoint(path)
+        assert loaded.metadata.head_kwargs == {"refine": 2}
+        assert torch.equal(refined(x)["logits"], loaded(x)["logits"])
+        assert not torch.equal(plain(x)["logits"], loaded(x)["logits"])
+    with pytest.raises(ValueError, match="bad head_kwargs"):
+        build_model(task="parts", backbone="vgg16_largefov", head_kwargs={"refine": 2})
+
+
 def test_half_checkpoint_is_small_and_close(tmp_path, mobile_attention):
     model = mobile_attention.eval()
     full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
