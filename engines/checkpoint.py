@@ -42,6 +42,7 @@ class CheckpointMetadata:
     attention_width: int
     backbone_kwargs: dict = field(default_factory=dict)
     head_kwargs: dict = field(default_factory=dict)
+    detail_width: int = 0
     person_gate: bool = False
     trained: bool = False
     trained_on: str = "nothing (random weights)"
@@ -72,6 +73,7 @@ def metadata_for(model: MultiScaleSegmenter, **overrides) -> CheckpointMetadata:
         "attention_width": config["attention_width"],
         "backbone_kwargs": dict(config.get("backbone_kwargs", {})),
         "head_kwargs": dict(config.get("head_kwargs", {})),
+        "detail_width": int(config.get("detail_width", 0)),
         "person_gate": bool(config.get("person_gate", False)),
     }
     unknown = set(overrides) - set(CheckpointMetadata.__dataclass_fields__)
@@ -152,7 +154,7 @@ def load_checkpoint(path: str | os.PathLike, *, task: str | None = None,
     try:
         model = build_model(task=meta.task, backbone=meta.backbone, merge=meta.merge, scales=meta.scales,
                             attention_width=meta.attention_width, backbone_kwargs=meta.backbone_kwargs,
-                            head_kwargs=meta.head_kwargs,
+                            head_kwargs=meta.head_kwargs, detail_width=meta.detail_width,
                             num_classes=len(meta.classes), person_gate=meta.person_gate)
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot build its model: {exc}") from None

@@ -71,6 +71,37 @@ class LightHead(nn.Module):
         return self.refine(self.fuse(torch.cat(parts, dim=1)))
 
 
+class DetailRefiner(nn.Module):
+    """Sharpens the fused class scores at stride 4 with the scale-1 image's early (stride-4) features.
+
+    Most of a stride-8 model's errors lie within a few pixels of a person's outline, where
+    bilinear upsampling of coarse scores blurs the boundary. This module upsamples the fused
+    scores to stride 4 and adds a correction computed from them and the early features. Its last
+    conv starts at zero, so adding it to a trained model changes nothing until it is trained.
+    """
+
+    def __init__(self, num_classes: int, detail_channels: int, width: int = 32) -> None:
+        super().__init__()
+        self.project = nn.Sequential(
+            nn.Conv2d(detail_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        mixed = num_classes + width
+        self.correct = nn.Sequential(
+            nn.Conv2d(mixed, mixed, 3, padding=1, groups=mixed, bias=False), nn.BatchNorm2d(mixed),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mixed, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, num_classes, 1),
+        )
+        nn.init.zeros_(self.correct[-1].weight)
+        nn.init.zeros_(self.correct[-1].bias)
+
+    def forward(self, logits: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+        logits = F.interpolate(logits, size=detail.shape[-2:], mode="bilinear", align_corners=False)
+        return logits + self.correct(torch.cat([logits, self.project(detail)], dim=1))
+
+
 HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "light": LightHead}
 
 
@@ -99,4 +130,6 @@ class SegmentationNet(nn.Module):
         out = {"features": features, "logits": self.classifier(features)}
         if "mask" in backbone_out:  # a person-aware encoder's own silhouette, for its training loss
             out["person_logits"] = backbone_out["mask"]
+        if "detail" in backbone_out:  # early stride-4 features, for a detail refiner after the merge
+            out["detail"] = backbone_out["detail"]
         return out

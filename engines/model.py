@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .backbones import get_backbone_spec
-from .heads import HEADS, SegmentationNet
+from .heads import HEADS, DetailRefiner, SegmentationNet
 from .merge import MERGES, AttentionMerge, AverageMerge, MaxMerge, ScaleMerge, SingleScale
 from .person_gate import PersonGate
 from .preprocessing import Preprocessing
@@ -38,9 +38,10 @@ class MultiScaleSegmenter(nn.Module):
     """
 
     def __init__(self, net: SegmentationNet, scales: Sequence[float], merge: ScaleMerge,
-                 person_gate: nn.Module | None = None) -> None:
+                 person_gate: nn.Module | None = None, refiner: DetailRefiner | None = None) -> None:
         super().__init__()
         self.person_gate = person_gate
+        self.refiner = refiner
         if not scales or scales[0] != 1.0:
             raise ValueError(f"scales must start with 1.0, got {tuple(scales)}")
         self.net = net
@@ -71,6 +72,8 @@ class MultiScaleSegmenter(nn.Module):
             if self.merge.uses_features:
                 features.append(_resize(out["features"], grid))
         fused, attention = self.merge(features, logits)
+        if self.refiner is not None:  # the merged scores, sharpened at stride 4 by scale 1's early features
+            fused = self.refiner(fused, outputs[0]["detail"])
         if self.person_gate is not None and not self.training:
             fused = self.person_gate(x, fused)  # log-probabilities at the input's size
         result: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"logits": fused, "attention": attention}
@@ -90,6 +93,7 @@ def build_model(
     attention_width: int | None = None,
     backbone_kwargs: dict | None = None,
     head_kwargs: dict | None = None,
+    detail_width: int = 0,
     num_classes: int | None = None,
     person_gate: bool = False,
 ) -> MultiScaleSegmenter:
@@ -97,7 +101,9 @@ def build_model(
 
     ``merge="single"`` runs scale 1 alone whatever ``scales`` says. ``person_gate`` adds a frozen
     real-photo person segmenter that decides person vs background at inference
-    (``engines/person_gate.py``; load its weights with ``load_selfie_weights``). The model carries its
+    (``engines/person_gate.py``; load its weights with ``load_selfie_weights``). ``detail_width`` > 0
+    adds a ``DetailRefiner`` of that width after the merge, for backbones with stride-4
+    ``"detail"`` features; the fused scores then come out at stride 4. The model carries its
     configuration in ``model.config`` so that checkpoints can record it.
     """
     task_spec = get_task(task)
@@ -115,6 +121,11 @@ def build_model(
         raise ValueError(f"{spec.head} head of {backbone}: bad head_kwargs {head_kwargs!r} ({exc})") from None
     classifier = nn.Conv2d(head.out_channels, classes, 1)
     net = SegmentationNet(body, head, classifier)
+    refiner = None
+    if detail_width:
+        if "detail" not in body.channels:
+            raise ValueError(f"{backbone} has no stride-4 detail features for detail_width={detail_width}")
+        refiner = DetailRefiner(classes, body.channels["detail"], width=int(detail_width))
 
     merge_module: ScaleMerge
     if merge == "attention":
@@ -122,7 +133,7 @@ def build_model(
     else:
         merge_module = {"max": MaxMerge, "average": AverageMerge, "single": SingleScale}[merge]()
     gate = PersonGate(spec.preprocessing) if person_gate else None
-    model = MultiScaleSegmenter(net, scales, merge_module, person_gate=gate)
+    model = MultiScaleSegmenter(net, scales, merge_module, person_gate=gate, refiner=refiner)
     model.config = {
         "task": task,
         "backbone": backbone,
@@ -131,6 +142,7 @@ def build_model(
         "attention_width": width,
         "backbone_kwargs": dict(backbone_kwargs or {}),
         "head_kwargs": dict(head_kwargs or {}),
+        "detail_width": int(detail_width),
         "num_classes": classes,
         "person_gate": bool(person_gate),
     }

@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--backbone-kwargs", type=json.loads, default={}, help='JSON, e.g. \'{"output_stride": 8}\'')
     model.add_argument("--head-kwargs", type=json.loads, default={},
                        help='JSON for the head, e.g. \'{"refine": 2}\' (residual 3×3 blocks in the light head)')
+    model.add_argument("--detail-width", type=int, default=0,
+                       help="add a detail refiner of this width that sharpens the fused scores at stride 4 "
+                            "with early backbone features (MobileNetV3; 0 = none)")
     model.add_argument("--person-loss", type=float, default=0.0,
                        help="weight of a loss keeping a person-aware encoder's own mask right (selfie)")
     model.add_argument("--init", help="start from this PartCam checkpoint's weights, or a run's last.pt "
@@ -357,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_options = {"backbone": args.backbone, "merge": args.merge, "scales": args.scales,
                      "attention_width": args.attention_width, "backbone_kwargs": args.backbone_kwargs,
-                     "head_kwargs": args.head_kwargs}
+                     "head_kwargs": args.head_kwargs, "detail_width": args.detail_width}
     model = build_joint_model(tasks=tasks, **model_options) if joint else build_model(task=tasks[0], **model_options)
     init_notes = initialise(model, args) if state is None else list(state.get("init_notes", []))
     model.to(device).train()

@@ -222,6 +222,31 @@ def test_head_refinement_starts_as_the_identity_and_survives_a_checkpoint(tmp_pa
         build_model(task="parts", backbone="vgg16_largefov", head_kwargs={"refine": 2})
 
 
+def test_detail_refiner_starts_as_upsampling_and_survives_a_checkpoint(tmp_path, mobile_attention):
+    plain = mobile_attention.eval()
+    refined = build_model(task="parts", detail_width=16).eval()
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(key.startswith("refiner.") for key in missing)
+    x = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        coarse, sharp = plain(x)["logits"], refined(x)["logits"]
+        stride4 = refined.net.backbone(x)["detail"].shape[-2:]
+        assert sharp.shape[-2:] == stride4 and stride4[0] > coarse.shape[-2]
+        upsampled = torch.nn.functional.interpolate(coarse, size=stride4, mode="bilinear", align_corners=False)
+        assert torch.allclose(upsampled, sharp, atol=1e-5)  # zero correction until trained
+        torch.nn.init.normal_(refined.refiner.correct[-1].weight)
+        path = tmp_path / "detail.safetensors"
+        save_checkpoint(path, refined)
+        loaded = load_checkpoint(path)
+        assert loaded.metadata.detail_width == 16
+        assert torch.equal(refined(x)["logits"], loaded(x)["logits"])
+        assert not torch.allclose(upsampled, loaded(x)["logits"], atol=1e-3)
+    labels = create_engine(path, backend="cpu").infer([np.zeros((40, 70, 3), np.uint8)])[0].labels
+    assert labels.shape == (40, 70)
+    with pytest.raises(ValueError, match="no stride-4 detail features"):
+        build_model(task="parts", backbone="vgg16_largefov", detail_width=16)
+
+
 def test_half_checkpoint_is_small_and_close(tmp_path, mobile_attention):
     model = mobile_attention.eval()
     full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
@@ -307,10 +332,11 @@ def test_unavailable_backends_name_what_is_missing(mobile_attention):
     assert create_engine(mobile_attention, backend="auto", input_size=65).name in ("openvino", "cpu")
 
 
-def test_openvino_engine_gives_the_same_labels_as_torch():
+@pytest.mark.parametrize("detail_width", [0, 16])
+def test_openvino_engine_gives_the_same_labels_as_torch(detail_width):
     pytest.importorskip("openvino")
     torch.manual_seed(3)
-    model = build_model(task="parts", merge="attention")
+    model = build_model(task="parts", merge="attention", detail_width=detail_width)
     for module in model.modules():  # non-trivial statistics so that conv/BN folding is exercised
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)

@@ -94,7 +94,7 @@ def test_a_few_training_steps_reduce_the_loss(tiny_data, tmp_path):
     train = _load_script("train")
     run = tmp_path / "run"
     assert train.main(_train_args(run, *tiny_data, "--steps", "14", "--val-every", "100",
-                                  "--head-kwargs", '{"refine": 1}')) == 0
+                                  "--head-kwargs", '{"refine": 1}', "--detail-width", "8")) == 0
     losses = [r["loss"] for r in torch.load(run / "last.pt", weights_only=True)["history"]["train"]]
     assert len(losses) == 14
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
@@ -102,6 +102,7 @@ def test_a_few_training_steps_reduce_the_loss(tiny_data, tmp_path):
     assert model.metadata.trained and "synthetic" in model.metadata.trained_on
     assert model.metadata.merge == "attention" and model.metadata.input_size == 48
     assert model.metadata.head_kwargs == {"refine": 1} and len(model.net.head.refine) == 1
+    assert model.metadata.detail_width == 8 and model.refiner is not None
     assert (run / "curves.png").stat().st_size > 1000
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 14 and summary["finished"]

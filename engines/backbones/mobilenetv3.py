@@ -81,7 +81,8 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV3Large(nn.Module):
-    """Returns ``{"out": 960 channels at the output stride, "low": 40 channels at stride 8}``."""
+    """Returns ``{"out": 960 channels at the output stride, "low": 40 channels at stride 8,
+    "detail": 24 channels at stride 4}``."""
 
     def __init__(self, output_stride: int = 16) -> None:
         super().__init__()
@@ -110,17 +111,20 @@ class MobileNetV3Large(nn.Module):
         layers.extend(InvertedResidual(cfg) for cfg in settings)
         layers.append(ConvBNAct(160, 960, 1, activation=nn.Hardswish))
         self.features = nn.Sequential(*layers)
+        self.detail_index = 3  # last block at stride 4 (24 channels)
         self.low_level_index = 6  # last block at stride 8 (40 channels)
-        self.channels = {"out": 960, "low": 40}
+        self.channels = {"out": 960, "low": 40, "detail": 24}
         self.output_stride = output_stride
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        low = None
+        low = detail = None
         for index, layer in enumerate(self.features):
             x = layer(x)
-            if index == self.low_level_index:
+            if index == self.detail_index:
+                detail = x
+            elif index == self.low_level_index:
                 low = x
-        return {"out": x, "low": low}
+        return {"out": x, "low": low, "detail": detail}
 
 
 def mobilenetv3_large(*, output_stride: int = 16) -> MobileNetV3Large:
