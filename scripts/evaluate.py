@@ -4,6 +4,7 @@
     python scripts/evaluate.py --checkpoint runs/parts/best.safetensors --dataset synthetic --root data/synth_test
     python scripts/evaluate.py --checkpoint CKPT --dataset lip --root /data/LIP --json lip.json
     python scripts/evaluate.py --checkpoint CKPT --dataset synthetic --root data/synth_test --by-person-size
+    python scripts/evaluate.py --checkpoint CKPT --dataset synthetic --root data/synth_test --by-outline-distance
 
 Each whole image is letterboxed to the input size exactly as the engines do, the logits are
 upsampled bilinearly back to the label's own resolution, and every labelled pixel counts
@@ -25,7 +26,7 @@ import torch
 
 from engines import CheckpointError, load_checkpoint
 from training.datasets import DATASETS, open_dataset
-from training.metrics import describe_person_size, evaluate_model
+from training.metrics import describe_person_size, evaluate_model, format_error_distances
 
 
 def format_table(rows: list[tuple[str, dict]], class_names: list[str]) -> str:
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--by-person-size", action="store_true",
                    help="also score the images by how much of them the people cover (small / medium / large)")
+    p.add_argument("--by-outline-distance", action="store_true",
+                   help="also break the mistakes down by distance from the true person outline")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     result = evaluate_model(model, dataset, input_size=input_size, device=device, limit=args.limit,
-                            batch_size=args.batch_size, progress=args.progress, by_person_size=args.by_person_size)
+                            batch_size=args.batch_size, progress=args.progress, by_person_size=args.by_person_size,
+                            by_outline_distance=args.by_outline_distance)
     seconds = time.monotonic() - started
     result.update(checkpoint=str(args.checkpoint), dataset=args.dataset, root=str(args.root), split=dataset.split,
                   task=meta.task, input_size=input_size, backbone=meta.backbone, merge=meta.merge,
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = [(describe_person_size(name, part), part) for name, part in result["by_person_size"].items()]
         print("\nby how much of the image the people cover:\n")
         print(format_table(rows, list(meta.classes)))
+    if args.by_outline_distance:
+        print("\nmistakes by distance from the true person outline:\n")
+        print(format_error_distances(result["errors_by_outline_distance"]))
     print(f"\npixel accuracy: {100 * result['pixel_accuracy']:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,13 @@ from test_datasets import _all_values, _write_pair, make_synthetic
 
 from engines import build_model, save_checkpoint
 from training.datasets import SyntheticPeople
-from training.metrics import PERSON_SIZES, evaluate_model, person_size, predict_full_resolution
+from training.metrics import (
+    PERSON_SIZES,
+    error_distances,
+    evaluate_model,
+    person_size,
+    predict_full_resolution,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +41,7 @@ def test_evaluate_prints_table_json_and_miou_last(tmp_path):
     data = make_synthetic(tmp_path / "test", 3, size=40)
     ckpt = _checkpoint(tmp_path / "parts.safetensors", "parts")
     out = _evaluate("--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(data),
-                    "--json", str(tmp_path / "r.json"))
+                    "--json", str(tmp_path / "r.json"), "--by-outline-distance")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert re.fullmatch(r"mIoU: \d+\.\d\d", lines[-1])
@@ -43,6 +49,30 @@ def test_evaluate_prints_table_json_and_miou_last(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert f"mIoU: {100 * result['miou']:.2f}" == lines[-1]
     assert result["images"] == 3 and np.asarray(result["confusion"]).sum() == 3 * 40 * 40
+    # the outline breakdown re-counts the confusion matrix's mistakes, split by distance
+    confusion, errors = np.asarray(result["confusion"]), result["errors_by_outline_distance"]
+    assert sum(errors["background_as_person"]) == confusion[0, 1:].sum()
+    assert sum(errors["person_as_background"]) == confusion[1:, 0].sum()
+    assert sum(errors["wrong_part"]) == confusion[1:, 1:].sum() - np.trace(confusion[1:, 1:])
+    assert errors["person_pixels"] == confusion[1:].sum()
+    assert any(line.startswith("| person as background |") for line in lines)
+
+
+def test_mistakes_are_binned_by_distance_from_the_person_outline():
+    labels = np.zeros((30, 30), np.uint8)
+    labels[10:20, 10:20] = 1
+    labels[15:20, 10:20] = 2
+    labels[0, 0] = 255  # ignored: never counted
+    prediction = np.where(labels == 255, 3, labels)
+    prediction[9, 10:20] = 1  # a one-pixel halo above the person
+    prediction[0:2, 25:30] = 1  # a false person 9-10 pixels away
+    prediction[12, 12] = 0  # a hole 3 pixels inside
+    prediction[14, 14] = 2  # the wrong part 5 pixels inside
+    counts = error_distances(prediction, labels)  # bands: ≤2, 3–4, 5–8, 9–16, >16 px
+    assert counts["background_as_person"].tolist() == [10, 0, 0, 10, 0]
+    assert counts["person_as_background"].tolist() == [0, 1, 0, 0, 0]
+    assert counts["wrong_part"].tolist() == [0, 0, 1, 0, 0]
+    assert int(counts["person_pixels"]) == 100
 
 
 def test_evaluate_real_dataset_skips_classes_it_never_labels(tmp_path):

@@ -8,6 +8,7 @@ mean over the classes the dataset can score (LIP and CIHP have no bag) whose uni
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -99,6 +100,57 @@ def person_size(labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> str:
     return PERSON_SIZES[-1][0]
 
 
+# Distance bands (pixels, chessboard distance) from the ground-truth person outline, for
+# ``error_distances``: where a model's mistakes lie says whether sharper boundaries or better
+# recognition would pay more.
+OUTLINE_RADII: tuple[int, ...] = (2, 4, 8, 16)
+ERROR_KINDS: tuple[str, ...] = ("background_as_person", "person_as_background", "wrong_part")
+
+
+def outline_bands(person: torch.Tensor, radii: Sequence[int] = OUTLINE_RADII) -> torch.Tensor:
+    """For an H×W bool person mask, each pixel's band: 0 within ``radii[0]`` pixels of the other
+    side of the outline, 1 within ``radii[1]``, …, ``len(radii)`` farther (or no outline at all)."""
+    inside = person.float()[None, None]
+    bands = torch.full(person.shape, len(radii), dtype=torch.long)
+    for band in reversed(range(len(radii))):
+        r = radii[band]
+        near_person = F.max_pool2d(inside, 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+        near_background = F.max_pool2d(1 - inside, 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+        bands[torch.where(person, near_background, near_person)] = band
+    return bands
+
+
+def error_distances(prediction: np.ndarray, labels: np.ndarray, radii: Sequence[int] = OUTLINE_RADII,
+                    ignore_index: int = IGNORE_INDEX) -> dict[str, np.ndarray]:
+    """Counts of each ``ERROR_KINDS`` mistake per outline band (class 0 is background), plus
+    ``person_pixels``. Labels are compared at the labels' resolution, ignored pixels skipped."""
+    pred, target = torch.from_numpy(np.asarray(prediction)).long(), torch.from_numpy(np.asarray(labels)).long()
+    valid = target != ignore_index
+    person = valid & (target != 0)
+    bands = outline_bands(person, radii)
+    masks = {"background_as_person": valid & (target == 0) & (pred != 0),
+             "person_as_background": person & (pred == 0),
+             "wrong_part": person & (pred != 0) & (pred != target)}
+    out = {kind: torch.bincount(bands[mask], minlength=len(radii) + 1).numpy() for kind, mask in masks.items()}
+    out["person_pixels"] = np.array(int(person.sum()))
+    return out
+
+
+def format_error_distances(errors: dict) -> str:
+    """A markdown table of ``errors_by_outline_distance``: each kind of mistake as a share of the
+    person pixels, then how that kind splits over the outline bands."""
+    radii = errors["radii"]
+    edges = [f"≤{radii[0]} px"] + [f"{a + 1}–{b} px" for a, b in pairwise(radii)] + [f">{radii[-1]} px"]
+    lines = ["| mistake | % of person pixels | " + " | ".join(edges) + " |", "|" + "---|" * (len(edges) + 2)]
+    person = max(1, errors["person_pixels"])
+    for kind in ERROR_KINDS:
+        counts = np.asarray(errors[kind], dtype=np.float64)
+        shares = counts / max(1.0, counts.sum())
+        lines.append(f"| {kind.replace('_', ' ')} | {100 * counts.sum() / person:.1f} | "
+                     + " | ".join(f"{100 * share:.1f}%" for share in shares) + " |")
+    return "\n".join(lines)
+
+
 def describe_person_size(name: str, part: dict) -> str:
     """A table row label for one ``by_person_size`` entry, e.g. 'small people (0%–10% of the image, 144 images)'."""
     low, high = part["person_share"]
@@ -107,11 +159,13 @@ def describe_person_size(name: str, part: dict) -> str:
 
 def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: torch.device | str = "cpu",
                    limit: int | None = None, batch_size: int = 1, progress: bool = False,
-                   by_person_size: bool = False) -> dict:
+                   by_person_size: bool = False, by_outline_distance: bool = False) -> dict:
     """Score ``model`` on ``dataset`` (a ParsingDataset) at full label resolution; see ``summarise``.
 
     With ``by_person_size`` the result also has ``by_person_size``: the same summary for the
     images in each ``PERSON_SIZES`` bin (their confusion matrices add up to the whole one).
+    With ``by_outline_distance`` it also has ``errors_by_outline_distance``: the
+    ``error_distances`` counts summed over the images, with the band edges as ``radii``.
     The model is put in eval mode for the loop and put back in the mode it was in.
     """
     device = torch.device(device)
@@ -120,6 +174,8 @@ def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: 
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     per_size = {name: np.zeros_like(confusion) for name, _, _ in PERSON_SIZES}
     images_per_size = dict.fromkeys(per_size, 0)
+    errors = {kind: np.zeros(len(OUTLINE_RADII) + 1, dtype=np.int64) for kind in ERROR_KINDS}
+    person_pixels = 0
     was_training = model.training
     model.eval()
     batches = range(0, count, batch_size)
@@ -138,6 +194,11 @@ def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: 
                     size = person_size(labels)
                     per_size[size] += image_confusion
                     images_per_size[size] += 1
+                if by_outline_distance:
+                    counts = error_distances(prediction, labels)
+                    person_pixels += int(counts.pop("person_pixels"))
+                    for kind, value in counts.items():
+                        errors[kind] += value
     finally:
         model.train(was_training)
     class_names = list(get_task(dataset.task).classes)
@@ -148,4 +209,7 @@ def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: 
             name: {"person_share": [low, high], "images": images_per_size[name],
                    **summarise(per_size[name], class_names, dataset.evaluated_classes)}
             for name, low, high in PERSON_SIZES}
+    if by_outline_distance:
+        result["errors_by_outline_distance"] = {"radii": list(OUTLINE_RADII), "person_pixels": person_pixels,
+                                                **{kind: value.tolist() for kind, value in errors.items()}}
     return result
