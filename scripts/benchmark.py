@@ -6,6 +6,10 @@ at 321 px, timed through the CPU engine (channels_last, inference mode, fixed th
 
     python scripts/benchmark.py --json out/benchmark-cpu.json
     python scripts/benchmark.py --backbones mobilenetv3_large --merges attention max --sizes 321 513
+    python scripts/benchmark.py --checkpoints models/parts.safetensors runs/r5/best-parts.safetensors
+
+``--checkpoints`` times the given trained models instead (CPU only), interleaved with each other,
+at each ``--sizes`` (default: each checkpoint's own input size).
 
 GPU (``--device cuda``): the attention models at 321 and 513 px, batch 1 and 4, on eager
 fp32, the cuda engine in fp16 without and with CUDA graphs, and TensorRT fp16 (compiled in
@@ -65,16 +69,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"timed runs per model (default: {DEFAULT_CPU_REPEATS} on cpu, 5 for VGG; 100 on cuda)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: 2 on cpu, 10 on cuda)")
+    parser.add_argument("--checkpoints", nargs="+", type=Path, default=None,
+                        help="cpu only: time these PartCam checkpoints instead of models built by name")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (cpu only)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     gpu = args.device == "cuda"
     args.backbones = args.backbones or ["mobilenetv3_large", "vgg16_largefov"]
     args.merges = args.merges or (["attention"] if gpu else ["attention", "max", "average", "single"])
-    args.sizes = args.sizes or ([321, 513] if gpu else [321])
+    if args.checkpoints and gpu:
+        parser.error("--checkpoints is for the cpu benchmark")
+    args.sizes = args.sizes or ([321, 513] if gpu else None if args.checkpoints else [321])
     args.batches = args.batches or ([1, 4] if gpu else [1])
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
-    if min(args.sizes) < 16 or min(args.batches) < 1 or (args.repeats is not None and args.repeats < 1):
+    if min(args.sizes or [16]) < 16 or min(args.batches) < 1 or (args.repeats is not None and args.repeats < 1):
         parser.error("sizes must be ≥ 16, batches and repeats ≥ 1")
     return args
 
@@ -135,9 +143,12 @@ def time_interleaved(engines: dict[str, Engine], frames: list[np.ndarray], warmu
     return times
 
 
-def model_info(backbone: str, merge: str, size: int) -> tuple[torch.nn.Module, dict]:
-    torch.manual_seed(0)
-    model = build_model(task="parts", backbone=backbone, merge=merge).eval()
+def model_info(backbone: str, merge: str, size: int, model: torch.nn.Module | None = None
+               ) -> tuple[torch.nn.Module, dict]:
+    """The model (built with random weights unless given) and its static description."""
+    if model is None:
+        torch.manual_seed(0)
+        model = build_model(task="parts", backbone=backbone, merge=merge).eval()
     info = {
         "backbone": backbone,
         "merge": merge,
@@ -149,9 +160,39 @@ def model_info(backbone: str, merge: str, size: int) -> tuple[torch.nn.Module, d
     return model, info
 
 
+def run_checkpoints(args: argparse.Namespace) -> list[dict]:
+    """CPU times of trained checkpoints, all timed interleaved at each size."""
+    from engines import load_checkpoint
+    from engines.backends import create_engine
+
+    models = {path: load_checkpoint(path) for path in args.checkpoints}
+    sizes = args.sizes or sorted({model.metadata.input_size for model in models.values()})
+    results = []
+    for size in sizes:
+        engines, infos = {}, {}
+        for path, model in models.items():
+            _, info = model_info(model.metadata.backbone, model.metadata.merge, size, model=model)
+            for backend in args.cpu_backends:
+                key = f"{path}|{backend}"
+                infos[key] = {**info, "checkpoint": str(path)}
+                engines[key] = create_engine(model, backend, size, threads=args.threads)
+        repeats = args.repeats or DEFAULT_CPU_REPEATS
+        print(f"[bench] {len(models)} checkpoints at {size}: {len(engines)} checkpoint/backend pairs × {repeats} runs",
+              flush=True)
+        times = time_interleaved(engines, [test_frame(size)], args.warmup, dict.fromkeys(engines, repeats))
+        for key, engine in engines.items():
+            row = {**infos[key], "device": engine.device_name, "backend": key.rsplit("|", 1)[1], "batch": 1,
+                   "timing": engine.timing_label}
+            row.update(summarise(times[key], 1, row["gflops"], gpu=False))
+            results.append(row)
+    return results
+
+
 def run_cpu(args: argparse.Namespace) -> list[dict]:
     from engines.backends import create_engine
 
+    if args.checkpoints:
+        return run_checkpoints(args)
     results = []
     for backbone in args.backbones:
         repeats = args.repeats or CPU_REPEATS.get(backbone, DEFAULT_CPU_REPEATS)
@@ -253,7 +294,7 @@ def run_cuda(args: argparse.Namespace) -> list[dict]:
 def attention_ratios(results: list[dict]) -> list[dict]:
     """Attention median over max median, per backbone, size, batch and backend."""
     index = {(r["backbone"], r["input_size"], r["batch"], r["backend"], r["merge"]): r
-             for r in results if "median_ms" in r}
+             for r in results if "median_ms" in r and "checkpoint" not in r}
     ratios = []
     for (backbone, size, batch, backend, merge), row in index.items():
         other = index.get((backbone, size, batch, backend, "max"))
@@ -274,9 +315,9 @@ def format_table(results: list[dict], gpu: bool) -> str:
                   "fps", "vs max"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     max_median = {(r["backbone"], r["input_size"], r["batch"], r["backend"]): r["median_ms"]
-                  for r in results if r["merge"] == "max" and "median_ms" in r}
+                  for r in results if r["merge"] == "max" and "median_ms" in r and "checkpoint" not in r}
     for r in results:
-        common = [r["backbone"], r["merge"]]
+        common = [r.get("checkpoint", r["backbone"]), r["merge"]]
         if "median_ms" not in r:
             lines.append("| " + " | ".join([*common, str(r["input_size"]), str(r["batch"]), r["backend"],
                                             f"skipped: {r['skipped']}"]) + " |")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines import build_model
+from engines import build_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,6 +47,23 @@ def test_tiny_cpu_run_writes_a_complete_json(tmp_path, capsys):
     assert ratio["ratio"] == pytest.approx(rows["attention"]["median_ms"] / rows["max"]["median_ms"])
     printed = capsys.readouterr().out
     assert "| model | merge |" in printed and "attention/max, mobilenetv3_large at 49 px" in printed
+
+
+def test_trained_checkpoints_are_timed_at_their_own_input_size(tmp_path, capsys):
+    plain, detailed = tmp_path / "plain.safetensors", tmp_path / "detailed.safetensors"
+    save_checkpoint(plain, build_model(task="parts"), input_size=41)
+    save_checkpoint(detailed, build_model(task="parts", detail_width=8), input_size=41)
+    out = tmp_path / "bench.json"
+    code = benchmark.main(["--checkpoints", str(plain), str(detailed), "--repeats", "2", "--warmup", "1",
+                           "--cpu-backends", "cpu", "--json", str(out)])
+    assert code == 0
+    rows = {Path(row["checkpoint"]).name: row for row in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"plain.safetensors", "detailed.safetensors"}
+    assert all(row["input_size"] == 41 and row["runs"] == 2 and row["median_ms"] > 0 for row in rows.values())
+    assert rows["detailed.safetensors"]["gflops"] > rows["plain.safetensors"]["gflops"]  # the refiner's convs
+    assert f"| {detailed} | attention |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        benchmark.main(["--device", "cuda", "--checkpoints", str(plain)])
 
 
 def test_gflops_count_two_per_multiply_add_and_match_the_papers_network():
