@@ -160,6 +160,18 @@ def model_info(backbone: str, merge: str, size: int, model: torch.nn.Module | No
     return model, info
 
 
+def time_cpu_group(group: dict[str, tuple[dict, str, Engine]], size: int, repeats: int, warmup: int) -> list[dict]:
+    """One result row per ``key: (model info, backend name, engine)``, all timed interleaved on one frame."""
+    engines = {key: engine for key, (_, _, engine) in group.items()}
+    times = time_interleaved(engines, [test_frame(size)], warmup, dict.fromkeys(engines, repeats))
+    rows = []
+    for key, (info, backend, engine) in group.items():
+        row = {**info, "device": engine.device_name, "backend": backend, "batch": 1, "timing": engine.timing_label}
+        row.update(summarise(times[key], 1, row["gflops"], gpu=False))
+        rows.append(row)
+    return rows
+
+
 def run_checkpoints(args: argparse.Namespace) -> list[dict]:
     """CPU times of trained checkpoints, all timed interleaved at each size."""
     from engines import load_checkpoint
@@ -167,24 +179,18 @@ def run_checkpoints(args: argparse.Namespace) -> list[dict]:
 
     models = {path: load_checkpoint(path) for path in args.checkpoints}
     sizes = args.sizes or sorted({model.metadata.input_size for model in models.values()})
+    repeats = args.repeats or DEFAULT_CPU_REPEATS
     results = []
     for size in sizes:
-        engines, infos = {}, {}
+        group = {}
         for path, model in models.items():
             _, info = model_info(model.metadata.backbone, model.metadata.merge, size, model=model)
             for backend in args.cpu_backends:
-                key = f"{path}|{backend}"
-                infos[key] = {**info, "checkpoint": str(path)}
-                engines[key] = create_engine(model, backend, size, threads=args.threads)
-        repeats = args.repeats or DEFAULT_CPU_REPEATS
-        print(f"[bench] {len(models)} checkpoints at {size}: {len(engines)} checkpoint/backend pairs × {repeats} runs",
+                engine = create_engine(model, backend, size, threads=args.threads)
+                group[f"{path}|{backend}"] = ({**info, "checkpoint": str(path)}, backend, engine)
+        print(f"[bench] {len(models)} checkpoints at {size}: {len(group)} checkpoint/backend pairs × {repeats} runs",
               flush=True)
-        times = time_interleaved(engines, [test_frame(size)], args.warmup, dict.fromkeys(engines, repeats))
-        for key, engine in engines.items():
-            row = {**infos[key], "device": engine.device_name, "backend": key.rsplit("|", 1)[1], "batch": 1,
-                   "timing": engine.timing_label}
-            row.update(summarise(times[key], 1, row["gflops"], gpu=False))
-            results.append(row)
+        results.extend(time_cpu_group(group, size, repeats, args.warmup))
     return results
 
 
@@ -197,20 +203,14 @@ def run_cpu(args: argparse.Namespace) -> list[dict]:
     for backbone in args.backbones:
         repeats = args.repeats or CPU_REPEATS.get(backbone, DEFAULT_CPU_REPEATS)
         for size in args.sizes:
-            engines, infos = {}, {}
+            group = {}
             for merge in args.merges:
-                model, infos[merge] = model_info(backbone, merge, size)
+                model, info = model_info(backbone, merge, size)
                 for backend in args.cpu_backends:
-                    engines[f"{merge}/{backend}"] = create_engine(model, backend, size, threads=args.threads)
-            frames = [test_frame(size)]
-            print(f"[bench] {backbone} at {size}: {len(engines)} merge/backend pairs × {repeats} runs", flush=True)
-            times = time_interleaved(engines, frames, args.warmup, dict.fromkeys(engines, repeats))
-            for key, engine in engines.items():
-                merge, backend = key.split("/")
-                row = {**infos[merge], "device": engine.device_name, "backend": backend, "batch": 1,
-                       "timing": engine.timing_label}
-                row.update(summarise(times[key], 1, row["gflops"], gpu=False))
-                results.append(row)
+                    group[f"{merge}/{backend}"] = (info, backend, create_engine(model, backend, size,
+                                                                                 threads=args.threads))
+            print(f"[bench] {backbone} at {size}: {len(group)} merge/backend pairs × {repeats} runs", flush=True)
+            results.extend(time_cpu_group(group, size, repeats, args.warmup))
     return results
 
 
