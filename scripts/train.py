@@ -106,8 +106,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             "with early backbone features (MobileNetV3; 0 = none)")
     model.add_argument("--person-loss", type=float, default=0.0,
                        help="weight of a loss keeping a person-aware encoder's own mask right (selfie)")
-    model.add_argument("--init", help="start from this PartCam checkpoint's weights, or a run's last.pt "
-                                      "(tensors of matching name and shape)")
+    model.add_argument("--init", action="append", default=[],
+                       help="start from this PartCam checkpoint's weights, or a run's last.pt (tensors of matching "
+                            "name and shape); repeatable: a joint run takes one checkpoint per task, each into "
+                            "its own task, and the shared network from the last one")
     model.add_argument("--pretrained-backbone", metavar="KIND:PATH",
                        help="load encoder weights: torchvision:/path/mobilenet_v3_large.pth, selfie: (the "
                             "MediaPipe person encoder from npm), or "
@@ -221,19 +223,22 @@ def initialise(model: torch.nn.Module, args: argparse.Namespace) -> list[str]:
                 raise SystemExit(f"--pretrained-backbone: unknown kind {kind!r}; use "
                                  f"{', '.join(BACKBONE_INITIALISERS)}:PATH or package.module:function:PATH")
             notes.append(str(getattr(importlib.import_module(kind), function)(shared, path)))
-    if args.init and str(args.init).endswith(".pt"):  # another run's training state: same layout, whole model
-        source = torch.load(args.init, map_location="cpu", weights_only=True)["model"]
-        own = model.state_dict()
-        matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-        model.load_state_dict(matched, strict=False)
-        notes.append(f"initialised from {args.init} ({len(matched)}/{len(own)} tensors)")
-    elif args.init:
-        source = load_checkpoint(args.init).state_dict()
-        for task, task_model in models.items():
-            own = task_model.state_dict()
+    for path in args.init:
+        if str(path).endswith(".pt"):  # another run's training state: same layout, whole model
+            source = torch.load(path, map_location="cpu", weights_only=True)["model"]
+            targets = {"the whole model": model}
+        else:
+            checkpoint = load_checkpoint(path)
+            source = checkpoint.state_dict()
+            # A checkpoint of one of this run's tasks initialises that task (and the shared network);
+            # one of another task lends whatever fits to every task.
+            own_task = checkpoint.metadata.task
+            targets = {own_task: models[own_task]} if own_task in models else models
+        for name, target in targets.items():
+            own = target.state_dict()
             matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-            task_model.load_state_dict(matched, strict=False)
-            notes.append(f"{task}: initialised from {args.init} ({len(matched)}/{len(own)} tensors)")
+            target.load_state_dict(matched, strict=False)
+            notes.append(f"{name}: initialised from {path} ({len(matched)}/{len(own)} tensors)")
     return notes
 
 

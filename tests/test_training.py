@@ -201,6 +201,32 @@ def test_joint_training_writes_one_ordinary_checkpoint_per_task(tiny_data, tmp_p
     assert sum(p.numel() for p in joint.parameters()) < 1.2 * sum(p.numel() for p in joint.tasks["parts"].parameters())
 
 
+def test_joint_run_starts_each_task_from_its_own_checkpoint(tiny_data, tmp_path):
+    from engines import save_checkpoint
+
+    train = _load_script("train")
+    sources = {}
+    for task in ("parts", "clothes"):
+        torch.manual_seed(len(task))
+        sources[task] = build_model(task=task, merge="attention").eval()
+        save_checkpoint(tmp_path / f"{task}.safetensors", sources[task], half=True, input_size=48)
+    run = tmp_path / "joint"
+    args = _train_args(run, *tiny_data, "--steps", "0", "--half",
+                       "--init", str(tmp_path / "parts.safetensors"), "--init", str(tmp_path / "clothes.safetensors"))
+    args[args.index("--task") + 1] = "parts+clothes"
+    assert train.main(args) == 0
+
+    for task, source in sources.items():  # nothing trained: each task's model is its own checkpoint's
+        started = load_checkpoint(run / f"best-{task}.safetensors")
+        for name in ("net.classifier.weight", "merge.conv.weight"):
+            assert torch.equal(started.state_dict()[name], source.state_dict()[name].half().float()), (task, name)
+        assert any(f"{task}: initialised from" in note for note in [started.metadata.notes])
+    # The shared network comes from the last checkpoint given.
+    shared = load_checkpoint(run / "best-parts.safetensors").net.backbone.state_dict()
+    for name, value in sources["clothes"].net.backbone.state_dict().items():
+        assert torch.equal(shared[name], value.half().float() if value.is_floating_point() else value), name
+
+
 def test_joint_training_refuses_sources_without_both_label_sets(tmp_path):
     train = _load_script("train")
     data = make_synthetic(tmp_path / "synth", 3, size=48)
