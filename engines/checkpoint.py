@@ -44,9 +44,14 @@ class CheckpointMetadata:
     head_kwargs: dict = field(default_factory=dict)
     detail_width: int = 0
     person_gate: bool = False
+    pose_guide: dict | None = None  # PoseGuideConfig settings; None: no pose guidance
     trained: bool = False
     trained_on: str = "nothing (random weights)"
     metrics: dict = field(default_factory=dict)
+    # How engines feed and resample the network; empty means PartCam's own (grey letterbox,
+    # bilinear without corner alignment). Imported Caffe models record Caffe's, see
+    # engines/importers/caffe_forward.py.
+    inference: dict = field(default_factory=dict)
     notes: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -75,6 +80,7 @@ def metadata_for(model: MultiScaleSegmenter, **overrides) -> CheckpointMetadata:
         "head_kwargs": dict(config.get("head_kwargs", {})),
         "detail_width": int(config.get("detail_width", 0)),
         "person_gate": bool(config.get("person_gate", False)),
+        "pose_guide": config.get("pose_guide"),
     }
     unknown = set(overrides) - set(CheckpointMetadata.__dataclass_fields__)
     if unknown:
@@ -155,8 +161,9 @@ def load_checkpoint(path: str | os.PathLike, *, task: str | None = None,
         model = build_model(task=meta.task, backbone=meta.backbone, merge=meta.merge, scales=meta.scales,
                             attention_width=meta.attention_width, backbone_kwargs=meta.backbone_kwargs,
                             head_kwargs=meta.head_kwargs, detail_width=meta.detail_width,
-                            num_classes=len(meta.classes), person_gate=meta.person_gate)
-    except (KeyError, ValueError) as exc:
+                            num_classes=len(meta.classes), person_gate=meta.person_gate,
+                            pose_guide=meta.pose_guide)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
         raise CheckpointError(f"{path}: cannot build its model: {exc}") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
@@ -164,6 +171,8 @@ def load_checkpoint(path: str | os.PathLike, *, task: str | None = None,
     except RuntimeError as exc:
         reason = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shape mismatch")
         raise CheckpointError(f"{path}: weights do not fit the {meta.backbone}/{meta.merge} model ({reason})") from None
+    # The pose model's weights are not in checkpoints: they come from the set-up cache.
+    missing = [k for k in missing if not k.startswith("pose_guide.pose.")]
     if missing or unexpected:
         detail = ", ".join([*(f"missing {k}" for k in missing[:3]), *(f"unexpected {k}" for k in unexpected[:3])])
         raise CheckpointError(f"{path}: weights do not match the {meta.backbone}/{meta.merge} model ({detail})")

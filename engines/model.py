@@ -38,9 +38,11 @@ class MultiScaleSegmenter(nn.Module):
     """
 
     def __init__(self, net: SegmentationNet, scales: Sequence[float], merge: ScaleMerge,
-                 person_gate: nn.Module | None = None, refiner: DetailRefiner | None = None) -> None:
+                 person_gate: nn.Module | None = None, refiner: DetailRefiner | None = None,
+                 pose_guide: nn.Module | None = None) -> None:
         super().__init__()
         self.person_gate = person_gate
+        self.pose_guide = pose_guide
         self.refiner = refiner
         if not scales or scales[0] != 1.0:
             raise ValueError(f"scales must start with 1.0, got {tuple(scales)}")
@@ -76,6 +78,10 @@ class MultiScaleSegmenter(nn.Module):
             fused = self.refiner(fused, outputs[0]["detail"])
         if self.person_gate is not None and not self.training:
             fused = self.person_gate(x, fused)  # log-probabilities at the input's size
+        if self.pose_guide is not None and not self.training:
+            if self.person_gate is None:  # the guide works on log-probabilities at the input's size
+                fused = torch.log_softmax(_resize(fused, x.shape[-2:]), dim=1)
+            fused = self.pose_guide(x, fused)
         result: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"logits": fused, "attention": attention}
         if self.training:
             result["scale_logits"] = logits
@@ -96,6 +102,7 @@ def build_model(
     detail_width: int = 0,
     num_classes: int | None = None,
     person_gate: bool = False,
+    pose_guide: dict | None = None,
 ) -> MultiScaleSegmenter:
     """Build an attention-to-scale model with random weights.
 
@@ -103,7 +110,10 @@ def build_model(
     real-photo person segmenter that decides person vs background at inference
     (``engines/person_gate.py``; load its weights with ``load_selfie_weights``). ``detail_width`` > 0
     adds a ``DetailRefiner`` of that width after the merge, for backbones with stride-4
-    ``"detail"`` features; the fused scores then come out at stride 4. The model carries its
+    ``"detail"`` features; the fused scores then come out at stride 4. ``pose_guide`` (settings of
+    :class:`engines.pose.guide.PoseGuideConfig`) adds a real-trained pose model whose skeletons
+    steer the part labels at inference (its weights come from the set-up cache, not the checkpoint).
+    The model carries its
     configuration in ``model.config`` so that checkpoints can record it.
     """
     task_spec = get_task(task)
@@ -133,7 +143,12 @@ def build_model(
     else:
         merge_module = {"max": MaxMerge, "average": AverageMerge, "single": SingleScale}[merge]()
     gate = PersonGate(spec.preprocessing) if person_gate else None
-    model = MultiScaleSegmenter(net, scales, merge_module, person_gate=gate, refiner=refiner)
+    guide = None
+    if pose_guide is not None:
+        from .pose.guide import PoseGuide, PoseGuideConfig
+
+        guide = PoseGuide(PoseGuideConfig.from_dict(pose_guide), spec.preprocessing, task)
+    model = MultiScaleSegmenter(net, scales, merge_module, person_gate=gate, refiner=refiner, pose_guide=guide)
     model.config = {
         "task": task,
         "backbone": backbone,
@@ -145,6 +160,7 @@ def build_model(
         "detail_width": int(detail_width),
         "num_classes": classes,
         "person_gate": bool(person_gate),
+        "pose_guide": guide.config.to_dict() if guide is not None else None,
     }
     model.preprocessing = spec.preprocessing
     return model
@@ -165,6 +181,21 @@ def add_person_gate(model: MultiScaleSegmenter) -> MultiScaleSegmenter:
     load_selfie_weights(gate)
     model.person_gate = gate.to(next(model.parameters()).device).train(model.training)
     model.config = {**getattr(model, "config", {}), "person_gate": True}
+    return model
+
+
+def add_pose_guide(model: MultiScaleSegmenter, settings: dict | None = None) -> MultiScaleSegmenter:
+    """Give a trained ``model`` pose guidance (``engines/pose/guide.py``), in place; returns it.
+
+    ``settings`` are :class:`PoseGuideConfig` fields (defaults for the rest). The network's weights
+    are untouched: the guide acts on its output at inference.
+    """
+    from .pose.guide import PoseGuide, PoseGuideConfig
+
+    config = PoseGuideConfig.from_dict(settings or {})
+    guide = PoseGuide(config, model.preprocessing, model.config["task"])
+    model.pose_guide = guide.to(next(model.parameters()).device).train(model.training)
+    model.config = {**model.config, "pose_guide": config.to_dict()}
     return model
 
 

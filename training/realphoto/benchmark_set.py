@@ -284,7 +284,7 @@ IMAGES: tuple[BenchmarkImage, ...] = (
                             Cutout("nina1.gif", 72, 330, 368), Cutout("jodi1.gif", 68, 440, 374))),
     BenchmarkImage("street_small", OPENCV, "leuvenA.jpg", ("small", "group"), "three small cut-out people far away",
                    cutouts=(Cutout("ed.gif", 100, 300, 470), Cutout("anna-1.gif", 90, 420, 466),
-                            Cutout("singer1.png", 96, 560, 480))),
+                            Cutout("mako-laughing.gif", 96, 560, 480))),
     BenchmarkImage("building_small", OPENCV, "building.jpg", ("small",), "two small cut-out people",
                    cutouts=(Cutout("amon1.gif", 105, 300, 590), Cutout("chamak1.gif", 110, 640, 595))),
     # Small people: frames of a street video.

@@ -80,6 +80,18 @@ class ReferenceMask:
         return self.probability > threshold
 
 
+@dataclass
+class PersonPose:
+    """BlazePose's answer for one person: landmarks in photo pixels, their visibility in [0, 1],
+    and the person mask mapped onto the photo (0 outside the crop)."""
+
+    landmarks: np.ndarray  # 39×2 float32 (x, y)
+    visibility: np.ndarray  # 39 float32
+    presence: float
+    probability: np.ndarray  # H×W float32
+    roi: SquareRoi
+
+
 def whole_photo_roi(height: int, width: int) -> SquareRoi:
     return SquareRoi(width / 2, height / 2, float(max(height, width)))
 
@@ -145,13 +157,44 @@ class BlazePoseReference:
 
     def run_crop(self, crop: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
         """One pass on a 256×256 uint8 RGB crop: landmarks (39×2, crop pixels), presence, probability."""
+        raw, presence, probability = self.run_crop_raw(crop)
+        return raw[:, :2].copy(), presence, probability
+
+    def run_crop_raw(self, crop: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """As :meth:`run_crop`, with all five values per landmark: x, y, z, visibility and presence
+        (the last two are logits)."""
         tensor = (crop.astype(np.float32) / 255.0)[None]
         self._interpreter.set_tensor(self._input, tensor)
         self._interpreter.invoke()
-        raw = self._interpreter.get_tensor(self._landmarks).reshape(NUM_LANDMARKS, 5)
+        raw = self._interpreter.get_tensor(self._landmarks).reshape(NUM_LANDMARKS, 5).copy()
         presence = float(self._interpreter.get_tensor(self._presence).reshape(-1)[0])
         logits = self._interpreter.get_tensor(self._segmentation)[0, :, :, 0]
-        return raw[:, :2].copy(), presence, _sigmoid(logits).astype(np.float32)
+        return raw, presence, _sigmoid(logits).astype(np.float32)
+
+    def person(self, rgb: np.ndarray, box: tuple[int, int, int, int], *, margin: float = 1.25) -> PersonPose:
+        """Landmarks and mask of the one person inside ``box`` (x0, y0, x1, y1), e.g. drawn by hand.
+
+        The crop is the square around the box, ``margin`` times its longer side, as BlazePose's
+        detector would give. One refined pass follows (MediaPipe's own ROI rule) when it stays on
+        this person: its hip centre must lie inside the box, else the first pass is kept, so that
+        in a group the crop cannot wander to a neighbour."""
+        height, width = rgb.shape[:2]
+        x0, y0, x1, y1 = box
+        roi = SquareRoi((x0 + x1) / 2, (y0 + y1) / 2, margin * max(x1 - x0, y1 - y0))
+        best = None
+        for _ in range(2):
+            raw, presence, probability = self.run_crop_raw(crop_square(rgb, roi))
+            landmarks = np.asarray(roi.box[:2], np.float32) + raw[:, :2] * (roi.side / INPUT_SIZE)
+            hip_x, hip_y = landmarks[HIP_CENTRE]
+            if best is not None and not (x0 <= hip_x <= x1 and y0 <= hip_y <= y1):
+                break
+            best = PersonPose(landmarks=landmarks, visibility=_sigmoid(raw[:, 3]).astype(np.float32),
+                              presence=presence, probability=uncrop_probability(probability, roi, height, width),
+                              roi=roi)
+            refined = roi_from_landmarks(landmarks)
+            roi = SquareRoi(refined.centre_x, refined.centre_y,
+                            float(np.clip(refined.side, 16.0, 2.0 * max(height, width))))
+        return best
 
     def __call__(self, rgb: np.ndarray) -> ReferenceMask:
         height, width = rgb.shape[:2]

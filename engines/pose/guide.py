@@ -1,0 +1,105 @@
+"""Pose guidance: a real-trained multi-person pose model steers which part is which.
+
+:class:`PoseGuide` runs MoveNet MultiPose (``movenet.py``) on the model's own letterboxed input and
+fuses its skeletons with the gated network's output (``skeleton.py``). It sits after the person
+gate in :class:`engines.model.MultiScaleSegmenter` and is used at inference only; training, the
+attention-to-scale network and its extra supervision are untouched.
+
+The pose weights are MoveNet's own, fetched at set-up and converted once (``load_movenet``); they
+are not stored in PartCam checkpoints, which record only the guide's settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..preprocessing import Preprocessing
+from .skeleton import fuse
+
+# State-dict keys under this prefix (relative to the guide) are the pose model's: never saved.
+POSE_MODEL_PREFIX = "pose."
+
+
+@dataclass(frozen=True)
+class PoseGuideConfig:
+    """How the guide runs; stored in checkpoints as ``pose_guide``."""
+
+    model: str = "movenet-multipose"
+    input_size: int = 320  # MoveNet's input, a multiple of 32; the frame's letterbox is resized to it
+    mode: str = "fused"  # "fused" (network + skeleton) or "rules" (skeleton only, inside the gate)
+    weight: float = 2.0  # fused: nats of part score per radius of distance from a part's shape
+    reach: float = 2.0  # person pixels further than this many radii from every skeleton: background
+    keypoint_threshold: float = 0.3
+    person_threshold: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.model != "movenet-multipose":
+            raise ValueError(f"unknown pose model {self.model!r}; valid: movenet-multipose")
+        if self.input_size % 32 or self.input_size < 64:
+            raise ValueError(f"pose input_size must be a multiple of 32 and at least 64, got {self.input_size}")
+        if self.mode not in ("fused", "rules"):
+            raise ValueError(f"unknown pose fusion mode {self.mode!r}; valid: fused, rules")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PoseGuideConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            valid = ", ".join(cls.__dataclass_fields__)
+            raise ValueError(f"unknown pose_guide settings {sorted(unknown)}; valid: {valid}")
+        return cls(**data)
+
+
+class PoseGuide(nn.Module):
+    """Skeletons from MoveNet on the model's input, fused with the gated log-probabilities."""
+
+    def __init__(self, config: PoseGuideConfig, preprocessing: Preprocessing, task: str,
+                 pose_model: nn.Module | None = None) -> None:
+        super().__init__()
+        from .movenet import MoveNetMultiPose, load_movenet
+
+        self.config = config
+        self.task = task
+        self.pose = pose_model if pose_model is not None else load_movenet()
+        if not isinstance(self.pose, MoveNetMultiPose):
+            raise TypeError("the pose model must be a MoveNetMultiPose")
+        self.pose.requires_grad_(False)
+        # The guide sees the segmenter's normalised input; these undo it to 0–255 RGB.
+        order = [2, 1, 0] if preprocessing.channel_order == "BGR" else [0, 1, 2]
+        self.register_buffer("order", torch.tensor(order), persistent=False)
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
+        self._register_state_dict_hook(_drop_pose_weights)
+
+    def train(self, mode: bool = True) -> PoseGuide:
+        super().train(mode)
+        self.pose.eval()  # frozen
+        return self
+
+    def skeletons(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MoveNet's people for the normalised input ``x`` (N×3×S×S letterboxed frames)."""
+        pixels = (x * self.std + self.mean).index_select(1, self.order)
+        size = self.config.input_size
+        if tuple(pixels.shape[-2:]) != (size, size):
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False,
+                                   antialias=size < pixels.shape[-1])
+        return self.pose(pixels.clamp(0, 255))
+
+    def forward(self, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
+        """Gated log-probabilities (N×C×S×S, the input's size) → pose-guided log-probabilities."""
+        people = self.skeletons(x)
+        return fuse(gated, people["keypoints"], self.task, mode=self.config.mode, weight=self.config.weight,
+                    reach=self.config.reach, person_scores=people["boxes"][..., 4],
+                    threshold=self.config.keypoint_threshold, min_person_score=self.config.person_threshold)
+
+
+def _drop_pose_weights(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """Checkpoints keep the guide's settings, not MoveNet's weights (fetched at set-up instead)."""
+    for key in [k for k in state_dict if k.startswith(prefix + POSE_MODEL_PREFIX)]:
+        del state_dict[key]
