@@ -33,6 +33,7 @@ class PoseGuideConfig:
     mode: str = "fused"  # "fused" (network + skeleton) or "rules" (skeleton only, inside the gate)
     weight: float = 2.0  # fused: nats of part score per radius of distance from a part's shape
     reach: float = 2.0  # person pixels further than this many radii from every skeleton: background
+    fill: float = 0.0  # pixels within this many radii of a skeleton's shapes: person, whatever the gate says
     keypoint_threshold: float = 0.3
     person_threshold: float = 0.2
 
@@ -95,7 +96,7 @@ class PoseGuide(nn.Module):
         """Gated log-probabilities (N×C×S×S, the input's size) → pose-guided log-probabilities."""
         people = self.skeletons(x)
         return fuse(gated, people["keypoints"], self.task, mode=self.config.mode, weight=self.config.weight,
-                    reach=self.config.reach, person_scores=people["boxes"][..., 4],
+                    reach=self.config.reach, fill=self.config.fill, person_scores=people["boxes"][..., 4],
                     threshold=self.config.keypoint_threshold, min_person_score=self.config.person_threshold)
 
 

@@ -235,11 +235,13 @@ def class_prior(distances: Tensor, task: str) -> Tensor:
 
 def fuse(gated: Tensor, keypoints: Tensor, task: str, *, mode: str = "fused", weight: float = 2.0,
          reach: float = 2.0, person_scores: Tensor | None = None, prior_stride: int = 4,
-         threshold: float = 0.3, min_person_score: float = 0.2) -> Tensor:
+         threshold: float = 0.3, min_person_score: float = 0.2, fill: float = 0.0) -> Tensor:
     """Combine a gated model's log-probabilities (B, C, H, W; class 0 background) with skeletons.
 
     ``mode`` "rules" or "fused" (see the module docstring). ``reach``: person pixels further than
-    this many radii from every region of every person become background. The prior is drawn at
+    this many radii from every region of every person become background. ``fill``: pixels within
+    this many radii of a region are person even where the gate says not (small people the gate
+    misses); 0 leaves the person/background decision to the gate. The prior is drawn at
     1/``prior_stride`` of the resolution and upsampled (smooth, so nothing is lost).
     Returns log-probabilities of the same shape.
     """
@@ -258,6 +260,9 @@ def fuse(gated: Tensor, keypoints: Tensor, task: str, *, mode: str = "fused", we
     log_background = gated[:, :1]
     log_person = torch.logaddexp(gated[:, 1:].logsumexp(1, keepdim=True), torch.full_like(log_background, -1e4))
     parts_given_person = gated[:, 1:] - log_person
+    if fill > 0:  # P(person) = 1 − (1 − gate)(1 − inside the skeleton's shapes)
+        inside = torch.sigmoid(6.0 * (fill - nearest))
+        log_person = torch.log1p(-(1 - log_person.exp()) * (1 - inside)).clamp_min(-1e4)
     # Person pixels beyond reach of every skeleton: a soft step from 1 (inside) to 0 (one radius on).
     near = torch.sigmoid(4.0 * (reach - nearest))
     log_near = torch.log(near.clamp_min(1e-6))
