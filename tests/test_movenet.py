@@ -60,6 +60,38 @@ def test_missing_files_say_how_to_fetch(tmp_path):
         load_movenet(source_dir=tmp_path, cache_dir=tmp_path)
 
 
+def test_reader_dequantises_like_tfjs(tmp_path):
+    """uint8 / float16 quantised and plain weights, packed in order across two shards."""
+    import json
+
+    from engines.importers.tfjs_graph import read_tfjs_graph
+
+    half = np.array([0.5, -1.25, 3.0], dtype=np.float16)
+    q8 = np.array([0, 1, 255], dtype=np.uint8)
+    ints = np.array([7, -3], dtype="<i4")
+    blob = half.tobytes() + q8.tobytes() + q8.tobytes() + ints.tobytes()
+    (tmp_path / "a.bin").write_bytes(blob[:5])
+    (tmp_path / "b.bin").write_bytes(blob[5:])
+    weights = [
+        {"name": "h", "shape": [3], "dtype": "float32", "quantization": {"dtype": "float16"}},
+        {"name": "q", "shape": [3], "dtype": "float32", "quantization": {"dtype": "uint8", "scale": 0.1, "min": -1.0}},
+        {"name": "qi", "shape": [3], "dtype": "int32", "quantization": {"dtype": "uint8", "scale": 0.5, "min": 0.0}},
+        {"name": "i", "shape": [2], "dtype": "int32"},
+    ]
+    nodes = [{"name": "x", "op": "Placeholder"}, {"name": "h", "op": "Const"},
+             {"name": "y", "op": "Mul", "input": ["x", "h:0", "^q"], "attr": {"T": {"type": "DT_FLOAT"}}}]
+    (tmp_path / "model.json").write_text(json.dumps({
+        "format": "graph-model", "modelTopology": {"node": nodes},
+        "weightsManifest": [{"paths": ["a.bin", "b.bin"], "weights": weights}]}))
+    graph = read_tfjs_graph(tmp_path / "model.json")
+    assert np.array_equal(graph.weights["h"], half.astype(np.float32))
+    assert np.array_equal(graph.weights["q"], np.array([-1.0, -0.9, 24.5], dtype=np.float32))
+    assert graph.weights["qi"].tolist() == [0, 1, 128]  # 127.5 rounds up, as Math.round does
+    assert graph.weights["i"].tolist() == [7, -3]
+    assert graph.node("y").inputs == ["x", "h:0"]  # control inputs dropped
+    assert graph.const("h:0") is graph.weights["h"] and [n.name for n in graph.consumers("h")] == ["y"]
+
+
 @needs_weights
 def test_reader_dequantises_and_exposes_topology():
     from engines.importers.tfjs_graph import read_tfjs_graph

@@ -119,12 +119,14 @@ def _dequantise(raw: bytes, spec: dict[str, Any]) -> np.ndarray:
     q = np.frombuffer(raw, dtype=_DTYPES[qtype]).reshape(shape)
     if qtype == "float16":
         return q.astype(np.float32)
-    # Affine uint8/uint16 quantisation: value = q * scale + min (the converter's "min" is the offset).
-    scale = float(quant["scale"])
-    offset = float(quant.get("min", 0.0))
-    if "original_dtype" in quant and quant["original_dtype"] == "int32":
-        return np.round(q.astype(np.float64) * scale + offset).astype(np.int32)
-    return (q.astype(np.float32) * np.float32(scale) + np.float32(offset)).astype(np.float32)
+    if qtype not in ("uint8", "uint16"):
+        raise TfjsGraphError(f"{spec['name']}: unknown quantisation dtype {qtype}")
+    # Affine quantisation: value = q * scale + min, computed in double and rounded once, as TF.js
+    # does; int32 weights are rounded half up (JavaScript's Math.round).
+    value = q.astype(np.float64) * float(quant["scale"]) + float(quant["min"])
+    if dtype == "int32":
+        return np.floor(value + 0.5).astype(np.int32)
+    return value.astype(np.float32)
 
 
 def _entry_nbytes(spec: dict[str, Any]) -> int:
