@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default: 2 on cpu, 10 on cuda)")
     parser.add_argument("--checkpoints", nargs="+", type=Path, default=None,
                         help="cpu only: time these PartCam checkpoints instead of models built by name")
+    parser.add_argument("--frame", type=lambda t: tuple(int(v) for v in t.lower().split("x")), default=(640, 480),
+                        metavar="WxH", help="with --checkpoints: the frame size for frame-to-labels times "
+                                            "(default 640x480, a phone's)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (cpu only)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -130,8 +133,11 @@ def summarise(times_ms: list[float], batch: int, gflops: float, gpu: bool) -> di
 
 
 def time_interleaved(engines: dict[str, Engine], frames: list[np.ndarray], warmup: int,
-                     repeats: dict[str, int]) -> dict[str, list[float]]:
-    """CNN milliseconds of each engine, as the engine itself reports them, runs interleaved."""
+                     repeats: dict[str, int], wall: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """CNN milliseconds of each engine, as the engine itself reports them, runs interleaved.
+
+    ``wall``, when given, also gets each call's whole time, frames in to labels out (letterbox,
+    network, upsampling and argmax, resize to the frame)."""
     for engine in engines.values():
         for _ in range(warmup):
             engine.infer(frames)
@@ -139,7 +145,10 @@ def time_interleaved(engines: dict[str, Engine], frames: list[np.ndarray], warmu
     for round_index in range(max(repeats.values())):
         for name, engine in engines.items():
             if round_index < repeats[name]:
+                started = time.perf_counter()
                 times[name].append(engine.infer(frames)[0].cnn_ms)
+                if wall is not None:
+                    wall.setdefault(name, []).append((time.perf_counter() - started) * 1000)
     return times
 
 
@@ -160,14 +169,21 @@ def model_info(backbone: str, merge: str, size: int, model: torch.nn.Module | No
     return model, info
 
 
-def time_cpu_group(group: dict[str, tuple[dict, str, Engine]], size: int, repeats: int, warmup: int) -> list[dict]:
-    """One result row per ``key: (model info, backend name, engine)``, all timed interleaved on one frame."""
+def time_cpu_group(group: dict[str, tuple[dict, str, Engine]], size: int, repeats: int, warmup: int,
+                   frame: np.ndarray | None = None) -> list[dict]:
+    """One result row per ``key: (model info, backend name, engine)``, all timed interleaved on one
+    frame: ``frame`` (then frame-to-labels times are recorded too) or a size×size test frame."""
     engines = {key: engine for key, (_, _, engine) in group.items()}
-    times = time_interleaved(engines, [test_frame(size)], warmup, dict.fromkeys(engines, repeats))
+    wall: dict[str, list[float]] = {}
+    times = time_interleaved(engines, [frame if frame is not None else test_frame(size)], warmup,
+                             dict.fromkeys(engines, repeats), wall if frame is not None else None)
     rows = []
     for key, (info, backend, engine) in group.items():
         row = {**info, "device": engine.device_name, "backend": backend, "batch": 1, "timing": engine.timing_label}
         row.update(summarise(times[key], 1, row["gflops"], gpu=False))
+        if frame is not None:
+            row["frame"] = f"{frame.shape[1]}x{frame.shape[0]}"
+            row["frame_to_labels_median_ms"] = statistics.median(wall[key])
         rows.append(row)
     return rows
 
@@ -190,7 +206,9 @@ def run_checkpoints(args: argparse.Namespace) -> list[dict]:
                 group[f"{path}|{backend}"] = ({**info, "checkpoint": str(path)}, backend, engine)
         print(f"[bench] {len(models)} checkpoints at {size}: {len(group)} checkpoint/backend pairs × {repeats} runs",
               flush=True)
-        results.extend(time_cpu_group(group, size, repeats, args.warmup))
+        width, height = args.frame
+        frame = np.ascontiguousarray(test_frame(max(width, height))[:height, :width])
+        results.extend(time_cpu_group(group, size, repeats, args.warmup, frame))
     return results
 
 
@@ -313,6 +331,9 @@ def format_table(results: list[dict], gpu: bool) -> str:
     else:
         header = ["model", "merge", "scales", "size", "backend", "params M", "GFLOPs", "median ms", "p90 ms",
                   "fps", "vs max"]
+        if any("frame_to_labels_median_ms" in row for row in results):
+            frames = sorted({row["frame"] for row in results if "frame" in row})
+            header.append(f"frame→labels median ms ({', '.join(frames)})")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     max_median = {(r["backbone"], r["input_size"], r["batch"], r["backend"]): r["median_ms"]
                   for r in results if r["merge"] == "max" and "median_ms" in r and "checkpoint" not in r}
@@ -331,6 +352,8 @@ def format_table(results: list[dict], gpu: bool) -> str:
             ratio = f"{r['median_ms'] / reference:.2f}×" if reference else "–"
             cells = [*common, str(len(r["scales"])), str(r["input_size"]), r["backend"], f"{r['params_m']:.1f}",
                      f"{r['gflops']:.1f}", f"{r['median_ms']:.0f}", f"{r['p90_ms']:.0f}", f"{r['fps']:.1f}", ratio]
+            if any("frame_to_labels_median_ms" in row for row in results):
+                cells.append(f"{r['frame_to_labels_median_ms']:.0f}" if "frame_to_labels_median_ms" in r else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
