@@ -4,8 +4,11 @@
     python scripts/import_caffe.py MODEL.caffemodel [--prototxt deploy.prototxt] --task parts --out CKPT
 
 Reads the binary .caffemodel with protobuf (Caffe itself is not needed), maps VGG-16
-DeepLab-LargeFOV and its attention-to-scale layers onto PartCam's network and records Caffe's
-preprocessing (BGR, mean 104.008/116.669/122.675, no std) in the checkpoint.
+DeepLab-LargeFOV (with pool5a for DeepLab v1's release) and its attention-to-scale or
+max-over-scales merge onto PartCam's network, and records Caffe's preprocessing (BGR, mean
+104.008/116.669/122.675, no std), resizing (Interp, corners aligned) and padding (mean colour,
+bottom-right) in the checkpoint. The authors' prototxt templates (``${EXP}``, ``${NUM_LABELS}``)
+are read as they are; see docs/caffe-import.md.
 """
 
 from __future__ import annotations
@@ -32,13 +35,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fc8", dest="fc8_layer", help="which classifier layer to use if there are several")
     parser.add_argument("--single-scale", action="store_true",
                         help="drop the attention and keep the scale-1 network only (about 3× faster)")
-    parser.add_argument("--input-size", type=int, default=321, help="input side the engine letterboxes to")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="input side the engine letterboxes to (default: the prototxt's test crop, else 513 "
+                        "as the authors tested)")
+    parser.add_argument("--define", "-D", action="append", default=[], metavar="NAME=VALUE",
+                        help="fill a ${NAME} placeholder of a template prototxt (e.g. EXP=voc10_part); "
+                        "by default they are inferred from the caffemodel's layer names")
     args = parser.parse_args(argv)
+    defines = {}
+    for item in args.define:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--define takes NAME=VALUE, got {item!r}")
+        defines[name] = value
 
     try:
         result = import_caffemodel(args.caffemodel, task=args.task, out=args.out, prototxt=args.prototxt,
                                    fc8_layer=args.fc8_layer, single_scale=args.single_scale,
-                                   input_size=args.input_size)
+                                   input_size=args.input_size, defines=defines)
     except (CaffeImportError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"import_caffe: {message}", file=sys.stderr)
@@ -50,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     attention = f", attention width {result.attention_width}" if result.attention_width else ""
     print(f"{args.caffemodel.name} ({result.layer_format!r} format) → {result.checkpoint}\n"
           f"  task {result.task}, {result.num_classes} classes from {result.fc8_layer}, merge {result.merge}, "
-          f"scales {result.scales}{attention}, fc6/fc7 {result.fc_channels} channels\n"
+          f"scales {result.scales}{attention}, fc6/fc7 {result.fc_channels} channels"
+          f"{', pool5a' if result.pool5a else ''}\n"
           f"  preprocessing {result.preprocessing.channel_order}, mean {list(result.preprocessing.mean)}, "
-          f"std {list(result.preprocessing.std)}")
+          f"std {list(result.preprocessing.std)}\n"
+          f"  input {result.input_size} px, padded bottom-right with the mean colour; resized as Caffe's Interp "
+          f"(corners aligned), input Interps {result.inference['input_interp']}")
     return 0
 
 

@@ -1,12 +1,14 @@
-"""The Caffe importer, on synthetic .caffemodel files written byte by byte with Caffe's field numbers.
+"""The Caffe importer, on the authors' net definitions rebuilt by structure (tests/caffe_nets.py).
 
-The files are encoded here with a small protobuf writer rather than with the importer's own
-messages, so a wrong field number in engines/importers/caffe.proto cannot cancel out.
-VGG's conv layers have their real shapes; fc6/fc7/attention are narrow to keep files small.
+The attention model (attention47), its max-over-scales variant (attention30) and DeepLab v1's
+LargeFOV (V1 ``layers`` format, pool5a) are written as their template prototxts and as binary
+.caffemodels with random weights; imports are checked against a forward pass written from
+Caffe's layer definitions (Interp with aligned corners, Caffe's pooling, mean padding).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -14,121 +16,37 @@ import numpy as np
 import pytest
 import torch
 
-from engines import create_engine, load_checkpoint, read_metadata
+from engines import build_model, create_engine, load_checkpoint, read_metadata
 from engines.importers import CaffeImportError, import_caffemodel, read_caffemodel
-from engines.importers.caffe import VGG_CONVS, CaffeLayer, convert, parse_prototxt
-from engines.preprocessing import CAFFE_VGG
-from engines.tasks import TASKS
+from engines.importers.caffe import (
+    VGG_CONVS,
+    CaffeLayer,
+    analyse_structure,
+    convert,
+    layers_from_prototxt,
+    parse_prototxt,
+    template_values,
+)
+from engines.importers.caffe_forward import CaffeResampling, interp_size
+from engines.preprocessing import CAFFE_VGG, PAD_VALUE
+from tests import caffe_nets as nets
+from tests.caffe_nets import ATT, EXP, FC, NUM_LABELS
+from tests.conftest import make_scene
 
-FC = 32  # fc6/fc7 width (1024 in the released models)
-ATT = 16  # att_conv1 width (512 in the released models)
-SCALES = (1.0, 0.75, 0.5)
-SUFFIX = {1.0: "", 0.75: "_res075", 0.5: "_res05"}
-PARTS = TASKS["parts"].num_classes
-
-# --- a minimal protobuf writer, with the field numbers of Caffe's caffe.proto ----------------
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _delimited(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _int(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
-
-
-def blob_bytes(array: np.ndarray, *, legacy: bool = False, double: bool = False) -> bytes:
-    """BlobProto: shape = 7 (BlobShape.dim = 1, packed) or num/channels/height/width = 1..4;
-    data = 5, double_data = 8."""
-    if legacy:
-        dims = (1,) * (4 - array.ndim) + array.shape
-        header = b"".join(_int(number, dim) for number, dim in zip((1, 2, 3, 4), dims))
-    else:
-        header = _delimited(7, _delimited(1, b"".join(_varint(d) for d in array.shape)))
-    values = array.astype("<f8" if double else "<f4").tobytes()
-    return header + _delimited(8 if double else 5, values)
-
-
-V1_TYPES = {"Convolution": 4, "Concat": 3, "Data": 5}
-
-
-def layer_bytes(name: str, kind: str, blobs: list[bytes], *, v1: bool = False,
-                bottoms: tuple[str, ...] = (), tops: tuple[str, ...] = ()) -> bytes:
-    """One entry of NetParameter.layer (= 100) or, with ``v1``, of NetParameter.layers (= 2)."""
-    if v1:  # V1LayerParameter: bottom = 2, top = 3, name = 4, type = 5 (enum), blobs = 6
-        body = [*(_delimited(2, b.encode()) for b in bottoms), *(_delimited(3, t.encode()) for t in tops),
-                _delimited(4, name.encode()), _int(5, V1_TYPES[kind]), *(_delimited(6, b) for b in blobs)]
-        return _delimited(2, b"".join(body))
-    # LayerParameter: name = 1, type = 2, bottom = 3, top = 4, blobs = 7
-    body = [_delimited(1, name.encode()), _delimited(2, kind.encode()), *(_delimited(3, b.encode()) for b in bottoms),
-            *(_delimited(4, t.encode()) for t in tops), *(_delimited(7, b) for b in blobs)]
-    return _delimited(100, b"".join(body))
-
-
-# --- synthetic released models ------------------------------------------------------------------
-
-
-def _he(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    fan_in = int(np.prod(shape[1:]))
-    return (rng.standard_normal(shape, dtype=np.float32) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+FC8 = f"fc8_{EXP}"
 
 
 @pytest.fixture(scope="module")
-def weights() -> dict[str, list[np.ndarray]]:
-    """Random weights with the released model's layer names; VGG convs at full size (14.7M values)."""
-    rng = np.random.default_rng(7)
-    shapes = {name: (out, inp, 3, 3) for name, _, out, inp in VGG_CONVS}
-    shapes |= {"fc6": (FC, 512, 3, 3), "fc7": (FC, FC, 1, 1), "fc8_pascal_person_part": (PARTS, FC, 1, 1),
-               "att_conv1": (ATT, FC * len(SCALES), 3, 3), "att_fc": (len(SCALES), ATT, 1, 1)}
-    return {name: [_he(rng, shape), rng.standard_normal(shape[0], dtype=np.float32) * 0.1]
-            for name, shape in shapes.items()}
-
-
-SHARED = ("fc6", "fc7", "fc8_pascal_person_part")  # per-scale copies written to files (all convs would triple the size)
-
-
-@pytest.fixture(scope="module")
-def attention_caffemodel(weights, tmp_path_factory) -> Path:
-    """The attention model in the current ``layer`` format, with per-scale copies and the fc7 Concat."""
-    parts = []
-    for name, blobs in weights.items():
-        encoded = [blob_bytes(b) for b in blobs]
-        copies = SCALES if name in SHARED or name.startswith("conv5") else (1.0,)
-        bottoms = ("fc7_concat",) if name == "att_conv1" else ()
-        parts += [layer_bytes(name + SUFFIX[s], "Convolution", encoded, bottoms=bottoms) for s in copies]
-    parts.append(layer_bytes("fc7_concat", "Concat", [], bottoms=tuple("fc7" + SUFFIX[s] for s in SCALES),
-                             tops=("fc7_concat",)))
-    path = tmp_path_factory.mktemp("caffe") / "attention.caffemodel"
-    path.write_bytes(b"".join(parts))
-    return path
-
-
-@pytest.fixture(scope="module")
-def v1_caffemodel(weights, tmp_path_factory) -> Path:
-    """Single-scale DeepLab-LargeFOV in the old ``layers`` format, legacy 4-D blobs, some in double."""
-    parts = [layer_bytes("data", "Data", [], v1=True, tops=("data",))]
-    for name, (weight, bias) in weights.items():
-        if not name.startswith("att"):
-            parts.append(layer_bytes(name, "Convolution", [blob_bytes(weight, legacy=True, double=name == "fc7"),
-                                                           blob_bytes(bias, legacy=True)], v1=True))
-    path = tmp_path_factory.mktemp("caffe") / "largefov_v1.caffemodel"
-    path.write_bytes(b"".join(parts))
-    return path
-
-
-def _layers(weights, drop: tuple[str, ...] = (), **replace) -> list[CaffeLayer]:
-    layers = [CaffeLayer(name, "Convolution", [], [], blobs) for name, blobs in weights.items() if name not in drop]
-    return layers + [CaffeLayer(name, "Convolution", [], [], blobs) for name, blobs in replace.items()]
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Template prototxts and caffemodels of the three released nets (same random weights)."""
+    folder = tmp_path_factory.mktemp("caffe")
+    made = {}
+    for name, layers, v1 in (("attention", nets.attention_net(), False), ("max", nets.max_net(), False),
+                             ("largefov", nets.largefov_v1(), True)):
+        (folder / f"{name}.prototxt").write_text(nets.to_prototxt(layers, v1=v1))
+        (folder / f"{name}.caffemodel").write_bytes(nets.to_caffemodel(layers, nets.random_weights(layers), v1=v1))
+        made[name], made[name + ".prototxt"] = folder / f"{name}.caffemodel", folder / f"{name}.prototxt"
+    return made
 
 
 def _expected_state(weights) -> dict[str, np.ndarray]:
@@ -136,171 +54,223 @@ def _expected_state(weights) -> dict[str, np.ndarray]:
     for name, index, *_ in VGG_CONVS:
         expected[f"net.backbone.features.{index}.weight"], expected[f"net.backbone.features.{index}.bias"] = \
             weights[name]
-    for caffe_name, key in (("fc6", "net.backbone.fc6"), ("fc7", "net.backbone.fc7"),
-                            ("fc8_pascal_person_part", "net.classifier")):
+    for caffe_name, key in (("fc6", "net.backbone.fc6"), ("fc7", "net.backbone.fc7"), (FC8, "net.classifier")):
         expected[f"{key}.weight"], expected[f"{key}.bias"] = weights[caffe_name]
     return expected
 
 
-# --- the tests ----------------------------------------------------------------------------------
+# --- templates and structure ---------------------------------------------------------------------
 
 
-def test_attention_model_imports_exactly(attention_caffemodel, weights, tmp_path):
+def test_released_templates_parse_as_they_are():
+    text = nets.to_prototxt(nets.attention_net())
+    assert "num_output: ${NUM_LABELS}" in text and 'name: "fc8_${EXP}_res05_interp"' in text
+    net = parse_prototxt(text)
+    fc8 = next(layer for layer in net["layer"] if layer["name"] == ["fc8_${EXP}"])
+    assert fc8["convolution_param"][0]["num_output"] == ["${NUM_LABELS}"]
+    assert fc8["param"][0]["name"] == ["fc8_w"]
+    filled = parse_prototxt(text, {"EXP": EXP, "NUM_LABELS": "7"})
+    assert any(layer["name"] == [FC8] for layer in filled["layer"])
+    v1 = parse_prototxt(nets.to_prototxt(nets.largefov_v1(), v1=True))
+    assert [layer["type"][0] for layer in v1["layers"][-3:]] == ["CONVOLUTION", "INTERP", "MAT_WRITE"]
+    with pytest.raises(CaffeImportError, match="unbalanced"):
+        parse_prototxt("layer { name: 'x' } }")
+
+
+def test_template_placeholders_are_filled_from_the_caffemodel_names():
+    names = [FC8, f"{FC8}_res05", f"{FC8}_res075", "fc7"]
+    assert template_values(["fc8_${EXP}", "fc8_${EXP}_res05", "fc8_${EXP}_res05_interp"], names) == {"EXP": EXP}
+    assert template_values(["fc8_${EXP}"], names) == {}  # alone it also fits fc8_voc10_part_res05: undecided
+
+
+@pytest.mark.parametrize("v1", [False, True])
+def test_scales_merge_and_crop_come_from_the_graph(v1):
+    structure = analyse_structure(nets_layers(nets.attention_net(), v1))
+    assert {s: (b.scale, b.chain) for s, b in structure.branches.items()} == {
+        "": (1.0, []), "_res05": (0.5, [[2, 1]]), "_res075": (0.75, [[4, 3]])}
+    assert structure.merge == "attention" and structure.merge_order == ["", "_res075", "_res05"]
+    assert structure.score_order == ["", "_res075", "_res05"] and structure.crop_size == 513
+    assert structure.warnings == []  # fc7_res075_interp (zoom 4, shrink 3) is the right way back up
+    maximum = analyse_structure(nets_layers(nets.max_net(), v1))
+    assert (maximum.merge, maximum.merge_order) == ("max", ["", "_res075", "_res05"])
+    assert analyse_structure(nets_layers(nets.largefov_v1(), v1)).pool5a
+
+
+def nets_layers(layers, v1: bool) -> list[CaffeLayer]:
+    from engines.importers.caffe import _prototxt_layers
+
+    return _prototxt_layers(nets.to_prototxt(layers, v1=v1), None, "test")
+
+
+def test_scales_are_checked_where_they_feed_not_by_name():
+    layers = nets.attention_net()
+    renamed = {"shrink_data05": "half", "shrink_data075": "smaller"}  # names without _res…: still found
+    for layer in layers:
+        layer.name = renamed.get(layer.name, layer.name)
+        layer.top = [renamed.get(t, t) for t in layer.top]
+        layer.bottom = [renamed.get(b, b) for b in layer.bottom]
+    assert analyse_structure(nets_layers(layers, False)).branches["_res075"].chain == [[4, 3]]
+
+    wrong = next(layer for layer in layers if layer.name == "smaller")
+    wrong.params["interp_param"].update(shrink_factor=3, zoom_factor=2)  # 2/3, though the copy says res075
+    structure = analyse_structure(nets_layers(layers, False))
+    assert structure.branches["_res075"].scale == pytest.approx(2 / 3)
+    assert any("conv1_1_res075 reads smaller, the input resized by 0.6667, not 0.75" in w
+               for w in structure.warnings)
+    assert any("Interp fc7_res075_interp resizes scale 0.6667 by 1.333; back to scale 1 needs 1.5" in w
+               for w in structure.warnings)
+    assert not any("label" in w for w in structure.warnings)
+
+
+def test_unknown_merges_and_pooling_before_fc6_are_refused():
+    layers = nets.max_net()
+    next(layer for layer in layers if layer.name == "fc8_fusion").params["eltwise_param"]["operation"] = "SUM"
+    with pytest.raises(CaffeImportError, match="by Eltwise SUM; PartCam imports the attention model and Eltwise MAX"):
+        analyse_structure(nets_layers(layers, False))
+    layers = nets.largefov_v1()
+    next(layer for layer in layers if layer.name == "pool5a").params["pooling_param"]["pool"] = "MAX"
+    with pytest.raises(CaffeImportError, match="pool5a is MAX pooling 3×3, stride 1, pad 1; .* AVE 3×3"):
+        analyse_structure(nets_layers(layers, True))
+    layers = nets.attention_net()
+    next(layer for layer in layers if layer.name == "fc6").params["convolution_param"]["hole"] = 4
+    with pytest.raises(CaffeImportError, match="fc6 has dilation .hole. 4; DeepLab-LargeFOV's is 12"):
+        analyse_structure(nets_layers(layers, False))
+
+
+# --- imports -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_prototxt", [True, False])
+def test_attention_model_imports_exactly(files, with_prototxt, tmp_path):
     out = tmp_path / "attention.safetensors"
-    result = import_caffemodel(attention_caffemodel, task="parts", out=out)
-    assert (result.layer_format, result.merge, result.scales) == ("layer", "attention", list(SCALES))
-    assert (result.num_classes, result.fc_channels, result.attention_width) == (PARTS, FC, ATT)
-    assert result.warnings == []  # the copies were equal and the Concat gave the scale order
+    prototxt = files["attention.prototxt"] if with_prototxt else None
+    result = import_caffemodel(files["attention"], task="parts", out=out, prototxt=prototxt)
+    assert (result.layer_format, result.merge, result.scales) == ("layer", "attention", [1.0, 0.75, 0.5])
+    assert (result.num_classes, result.fc_channels, result.attention_width) == (NUM_LABELS, FC, ATT)
+    assert result.fc8_layer == FC8 and result.input_size == 513 and not result.pool5a
+    assert result.warnings == []  # no false Interp warnings, the copies shared their weights
+    assert result.inference == {"resize": "caffe", "pad": "mean", "input_interp": [[], [[4, 3]], [[2, 1]]]}
 
     model = load_checkpoint(out, task="parts")
-    state = model.state_dict()
+    weights = nets.random_weights(nets.attention_net())
     expected = _expected_state(weights)
     expected["merge.conv.weight"], expected["merge.conv.bias"] = weights["att_conv1"]
     expected["merge.score.weight"], expected["merge.score.bias"] = weights["att_fc"]
+    state = model.state_dict()
     assert set(state) == set(expected)
     for key, value in expected.items():
         assert torch.equal(state[key], torch.from_numpy(value)), key
-
     meta = read_metadata(out)
-    assert meta.preprocessing == CAFFE_VGG.to_dict()  # BGR, 104.008/116.669/122.675, std 1
-    assert meta.trained and "attention.caffemodel" in meta.trained_on and meta.scales == list(SCALES)
-
-    engine = create_engine(out, backend="cpu", input_size=64)
-    frame = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
-    prediction = engine.infer([frame], attention=True)[0]
-    assert prediction.labels.shape == (48, 40) and prediction.labels.max() < PARTS
-    assert prediction.attention.shape == (3, 48, 40)
-    np.testing.assert_allclose(prediction.attention.sum(axis=0), 1.0, atol=1e-5)
+    assert meta.preprocessing == CAFFE_VGG.to_dict() and meta.input_size == 513
+    assert meta.inference == result.inference and meta.trained
 
 
-def test_old_layers_format_with_legacy_blobs_imports_as_single_scale(v1_caffemodel, weights, tmp_path):
-    layer_format, layers = read_caffemodel(v1_caffemodel)
-    assert layer_format == "layers" and layers[0].type == "DATA" and layers[1].type == "CONVOLUTION"
+@pytest.mark.parametrize("with_prototxt", [True, False])
+def test_max_over_scales_imports_as_max(files, with_prototxt):
+    result = import_caffemodel(files["max"], task="parts", prototxt=files["max.prototxt"] if with_prototxt else None)
+    assert (result.merge, result.scales, result.attention_width) == ("max", [1.0, 0.75, 0.5], None)
+    assert result.warnings == [] and result.model.config["merge"] == "max"
+
+
+def test_v1_largefov_keeps_pool5a(files, tmp_path):
+    layer_format, layers = read_caffemodel(files["largefov"])
+    assert layer_format == "layers" and [layer.type for layer in layers[:2]] == ["CONVOLUTION", "RELU"]
+    assert next(layer for layer in layers if layer.name == "pool5a").params["pooling_param"][0]["pool"] == ["AVE"]
     out = tmp_path / "largefov.safetensors"
-    result = import_caffemodel(v1_caffemodel, task="parts", out=out)
-    assert (result.merge, result.scales, result.attention_width) == ("single", [1.0], None)
-    state = load_checkpoint(out).state_dict()
+    result = import_caffemodel(files["largefov"], task="parts", out=out, prototxt=files["largefov.prototxt"])
+    assert (result.merge, result.scales, result.pool5a, result.warnings) == ("single", [1.0], True, [])
+    model = load_checkpoint(out)
+    assert model.metadata.backbone_kwargs == {"fc_channels": FC, "pool5a": True}
+    assert model.net.backbone.pool5a is not None
+    weights = nets.random_weights(nets.largefov_v1())
+    state = model.state_dict()
     for key, value in _expected_state(weights).items():
-        # fc7 was stored in double precision; float32 values survive the round trip exactly
-        assert torch.equal(state[key], torch.from_numpy(value)), key
+        assert torch.equal(state[key], torch.from_numpy(value)), key  # fc7 was stored in double
 
 
-def _conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, pad: int = 0, dilation: int = 1) -> np.ndarray:
-    """Caffe's convolution (cross-correlation, zero padding, dilation) on C×H×W, in float64."""
-    out_c, in_c, kh, kw = weight.shape
-    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
-    height = x.shape[1] - dilation * (kh - 1)
-    width = x.shape[2] - dilation * (kw - 1)
-    columns = np.stack([x[:, i * dilation:i * dilation + height, j * dilation:j * dilation + width]
-                        for i in range(kh) for j in range(kw)], axis=1)  # C × K × H × W
-    flat = weight.reshape(out_c, in_c, kh * kw).astype(np.float64).reshape(out_c, -1)
-    return (flat @ columns.reshape(in_c * kh * kw, -1)).reshape(out_c, height, width) + bias[:, None, None]
+def test_multi_scale_copies_without_a_known_merge_are_refused(files, tmp_path):
+    layers = [layer for layer in nets.max_net() if layer.type != "Eltwise"]
+    path = tmp_path / "nomerge.caffemodel"
+    path.write_bytes(nets.to_caffemodel(layers, nets.random_weights(layers)))
+    with pytest.raises(CaffeImportError, match="has copies at other scales .* but no merge PartCam knows"):
+        import_caffemodel(path, task="parts")
+    assert import_caffemodel(path, task="parts", single_scale=True).merge == "single"
 
 
-def _max_pool(x: np.ndarray, stride: int) -> np.ndarray:
-    """Caffe's 3×3 max pooling with pad 1: output ceil((H + 2 - 3) / s) + 1, windows clipped to the image."""
-    channels, height, width = x.shape
-    out_h, out_w = (-(-(height - 1) // stride) + 1, -(-(width - 1) // stride) + 1)
-    padded = np.full((channels, height + 2 + stride, width + 2 + stride), -np.inf)
-    padded[:, 1:height + 1, 1:width + 1] = x
-    windows = [padded[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride] for i in range(3) for j in range(3)]
-    return np.max(windows, axis=0)
+# --- agreement with Caffe's forward pass ------------------------------------------------------------
 
 
-def reference_largefov(weights, rgb: np.ndarray) -> np.ndarray:
-    """DeepLab-LargeFOV as Caffe runs it: BGR minus the mean, VGG-16, pool4/5 stride 1, conv5 dilation 2,
-    fc6 3×3 dilation 12, fc7, fc8. ``rgb`` is H×W×3 uint8; returns the fc8 scores C×h×w."""
-    x = rgb[..., ::-1].astype(np.float64).transpose(2, 0, 1) - np.array(CAFFE_VGG.mean)[:, None, None]
-    relu = lambda a: np.maximum(a, 0)  # noqa: E731
-    block_ends = {"conv1_2": 2, "conv2_2": 2, "conv3_3": 2, "conv4_3": 1, "conv5_3": 1}
-    for name, *_ in VGG_CONVS:
-        dilation = 2 if name.startswith("conv5") else 1
-        x = relu(_conv(x, *weights[name], pad=dilation, dilation=dilation))
-        if name in block_ends:
-            x = _max_pool(x, block_ends[name])
-    x = relu(_conv(x, *weights["fc6"], pad=12, dilation=12))
-    x = relu(_conv(x, *weights["fc7"]))
-    return _conv(x, *weights["fc8_pascal_person_part"])
-
-
-def test_imported_network_matches_a_numpy_caffe_forward_pass(v1_caffemodel, weights, tmp_path):
-    """Proves the layer mapping, Caffe's preprocessing (BGR, mean) and the pooling/dilation layout.
-
-    At 100×108 pixels the stride-8 grid is 14×15 (Caffe rounds pooling up), so fc6's taps
-    12 cells away reach real features.
-    """
-    import_caffemodel(v1_caffemodel, task="parts", out=tmp_path / "largefov.safetensors")
-    model = load_checkpoint(tmp_path / "largefov.safetensors")  # preprocessing comes from the checkpoint
-    rgb = np.random.default_rng(1).integers(0, 256, (100, 108, 3), dtype=np.uint8)
-    expected = reference_largefov(weights, rgb)
+def _agreement(engine, layers, weights, frame: np.ndarray, crop: int) -> float:
+    """Argmax agreement between an engine's labels and Caffe's forward pass on the same frame."""
+    labels = engine.infer([frame])[0].labels
     with torch.inference_mode():
-        pixels = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-        logits = model(model.preprocessing.normalise(pixels))["logits"][0].double().numpy()
-    assert logits.shape == expected.shape == (PARTS, 14, 15)
-    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-    # The same image in RGB order (the mistake the recorded preprocessing prevents) gives other scores.
-    wrong = reference_largefov(weights, rgb[..., ::-1])
-    assert np.abs(wrong - expected).max() > 1e-2 * np.abs(expected).max()
+        scores = nets.caffe_forward(layers, weights, frame[..., ::-1].astype(np.float64), crop)
+    expected = scores[:, : frame.shape[0], : frame.shape[1]].argmax(0).numpy()
+    return float((labels == expected).mean())
 
 
-def _reference_attention(weights, features: dict[float, np.ndarray], logits: dict[float, np.ndarray],
-                         caffe_order: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's merge in Caffe's order: concat fc7 → att_conv1 → ReLU → att_fc → softmax → Σ_s w^s f^s."""
-    stacked = np.concatenate([features[s] for s in caffe_order]).astype(np.float64)
-    hidden = np.maximum(_conv(stacked, *weights["att_conv1"], pad=1), 0)
-    scores = _conv(hidden, *weights["att_fc"])
-    attention = np.exp(scores - scores.max(axis=0))
-    attention /= attention.sum(axis=0)
-    fused = sum(attention[i] * logits[s] for i, s in enumerate(caffe_order))
-    return fused, attention
+@pytest.mark.parametrize("name, size, frame_hw", [("attention", 513, (513, 385)), ("max", 321, (241, 321)),
+                                                  ("largefov", 321, (321, 289))])
+def test_imported_models_compute_what_caffe_computed(files, tmp_path, name, size, frame_hw):
+    """≥ 99.9% argmax agreement with Caffe's forward pass on image-like frames (the frames' long
+    side is the input size, so the engine does not resize them; it pads bottom-right with the mean)."""
+    layers = {"attention": nets.attention_net, "max": nets.max_net, "largefov": nets.largefov_v1}[name]()
+    weights = nets.random_weights(layers)
+    out = tmp_path / f"{name}.safetensors"
+    import_caffemodel(files[name], task="parts", out=out, prototxt=files[name + ".prototxt"], input_size=size)
+    engine = create_engine(out, backend="cpu")
+    assert engine.input_size == size and isinstance(engine.model, CaffeResampling)
+    frame = make_scene(frame_hw[1], frame_hw[0], seed=3)
+    agreement = _agreement(engine, layers, weights, frame, size)
+    print(f"{name} at {size} px, frame {frame_hw[0]}×{frame_hw[1]}: argmax agreement {100 * agreement:.3f}%")
+    assert agreement >= 0.999
 
 
-@pytest.mark.parametrize("caffe_order", [[1.0, 0.75, 0.5], [0.5, 1.0, 0.75]])
-def test_attention_weights_follow_the_scale_order_of_the_caffe_concat(weights, caffe_order):
-    bottoms = [f"fc7{SUFFIX[s]}_interp" if s != 1.0 else "fc7" for s in caffe_order]
-    layers = [*_layers(weights), CaffeLayer("fc7_concat", "Concat", bottoms, ["fc7_concat"], []),
-              CaffeLayer("att_conv1", "Convolution", ["fc7_concat"], ["att_conv1"], [])]
-    model, info = convert(layers, task="parts")
-    assert info["scales"][0] == 1.0 and sorted(info["scales"]) == sorted(caffe_order)
-    rng = np.random.default_rng(2)
-    features = {s: rng.standard_normal((FC, 5, 6)).astype(np.float32) for s in SCALES}
-    logits = {s: rng.standard_normal((PARTS, 5, 6)).astype(np.float32) for s in SCALES}
+@pytest.mark.parametrize("pairing", [("", "_res075", "_res05"), ("_res05", "", "_res075")])
+def test_attention_follows_the_concat_and_the_slice_pairing(pairing, tmp_path):
+    """att_conv1's input blocks follow the Concat; att_fc's channels follow which fc8 each slice multiplies."""
+    layers = nets.attention_net(pairing)
+    weights = nets.random_weights(layers)
+    path = tmp_path / "paired.caffemodel"
+    path.write_bytes(nets.to_caffemodel(layers, weights))
+    result = import_caffemodel(path, task="parts", input_size=97)
+    wrapped = CaffeResampling(result.model, result.inference["input_interp"])
+    image = make_scene(97, 97, seed=5)
     with torch.inference_mode():
-        fused, attention = model.merge([torch.from_numpy(features[s])[None] for s in info["scales"]],
-                                       [torch.from_numpy(logits[s])[None] for s in info["scales"]])
-    expected_fused, expected_attention = _reference_attention(weights, features, logits, caffe_order)
-    np.testing.assert_allclose(fused[0].numpy(), expected_fused, rtol=1e-4, atol=1e-5)
-    for index, scale in enumerate(info["scales"]):
-        np.testing.assert_allclose(attention[0, index].numpy(), expected_attention[caffe_order.index(scale)],
-                                   rtol=1e-4, atol=1e-6)
+        x = result.model.preprocessing.normalise(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float())
+        got = wrapped(x)["logits"][0]
+        expected = nets.caffe_forward(layers, weights, image[..., ::-1].astype(np.float64), 97)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
-def test_prototxt_gives_scales_and_mean(attention_caffemodel, tmp_path):
-    prototxt = tmp_path / "deploy.prototxt"
-    prototxt.write_text("""
-name: "deeplab_largeFOV_attention"   # the paper's layout: shrink the input, share the net, merge
-layer { name: "data" type: "ImageData" top: "data"
-  transform_param { mean_value: 104.008 mean_value: 116.669 mean_value: 122.675 } }
-layer { name: "data_res075" type: "Interp" bottom: "data" top: "data_res075"
-  interp_param { shrink_factor: 4 zoom_factor: 3 } }
-layer { name: "data_res05" type: "Interp" bottom: "data" top: "data_res05" interp_param { shrink_factor: 2 } }
-layer { name: "fc7_concat" type: "Concat" bottom: "fc7_res05" bottom: "fc7" bottom: "fc7_res075" top: "fc7_concat" }
-layer { name: "att_conv1" type: "Convolution" bottom: "fc7_concat" top: "att_conv1"
-  param { lr_mult: 1 } convolution_param { num_output: 512 kernel_size: 3 pad: 1 } }
-""")
-    assert parse_prototxt(prototxt.read_text())["layer"][1]["interp_param"][0]["shrink_factor"] == ["4"]
-    result = import_caffemodel(attention_caffemodel, task="parts", prototxt=prototxt)
-    assert result.scales == [1.0, 0.5, 0.75]  # the prototxt's Concat overrides the caffemodel's
-    assert result.preprocessing == CAFFE_VGG and result.warnings == []
-    assert result.model.preprocessing == CAFFE_VGG
+def test_interp_sizes_follow_caffe():
+    assert [interp_size(513, 2), interp_size(513, 4, 3), interp_size(49, 3, 4), interp_size(65, 1, 8)] == \
+        [257, 385, 65, 513]
+    x = torch.randn(1, 2, 7, 9, dtype=torch.float64)
+    from engines.importers.caffe_forward import interp
+
+    torch.testing.assert_close(interp(x, (13, 17)), nets.caffe_interp(x, 13, 17))
 
 
-def test_unshared_copies_are_reported_and_the_scale_1_copy_is_used(weights):
-    other = [w + 1 for w in weights["fc7"]]
-    model, info = convert(_layers(weights, fc7_res075=other), task="parts", single_scale=True)
-    assert any("fc7_res075 differs from fc7" in w for w in info["warnings"])
-    assert torch.equal(model.state_dict()["net.backbone.fc7.weight"], torch.from_numpy(weights["fc7"][0]))
-    assert info["merge"] == "single" and any("attention layers dropped" in w for w in info["warnings"])
+def test_partcam_models_keep_their_own_resizing_and_padding():
+    model = build_model(task="parts", backbone="mobilenetv3_large", merge="attention").eval()
+    engine = create_engine(model, backend="cpu", input_size=65)
+    assert engine.model is not None and not isinstance(engine.model, CaffeResampling)
+    assert engine.pad_value == PAD_VALUE
+
+
+def test_imported_engines_pad_with_the_mean_colour(files):
+    result = import_caffemodel(files["largefov"], task="parts", input_size=33)
+    engine = create_engine(result.model, backend="cpu")
+    assert engine.pad_value == pytest.approx(tuple(reversed(CAFFE_VGG.mean)))  # RGB order of Caffe's BGR mean
+    from engines.backends.base import letterbox
+
+    pixels, _ = letterbox([np.zeros((10, 33, 3), np.uint8)], 33, torch.device("cpu"), engine.pad_value)
+    normalised = engine.preprocessing.normalise(pixels)
+    assert torch.all(normalised[0, :, 10:] == 0)  # padding is zero input, as after Caffe's mean subtraction
+
+
+# --- bad files and mismatches ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("content, message", [
@@ -315,45 +285,64 @@ def test_refuses_files_that_are_not_caffemodels(tmp_path, content, message):
         import_caffemodel(path, task="parts")
 
 
-def test_refuses_a_truncated_caffemodel(attention_caffemodel, tmp_path):
+def test_refuses_a_truncated_caffemodel(files, tmp_path):
     path = tmp_path / "truncated.caffemodel"
-    path.write_bytes(attention_caffemodel.read_bytes()[:1_000_000])
+    path.write_bytes(files["attention"].read_bytes()[:1_000_000])
     with pytest.raises(CaffeImportError, match="not a Caffe .caffemodel"):
         import_caffemodel(path, task="parts")
 
 
 def test_refuses_blobs_whose_data_does_not_fill_their_shape(tmp_path):
-    blob = _delimited(7, _delimited(1, _varint(4) + _varint(4))) + _delimited(5, np.zeros(10, "<f4").tobytes())
+    blob = nets.delimited(7, nets.delimited(1, nets.varint(4) + nets.varint(4))) + \
+        nets.delimited(5, np.zeros(10, "<f4").tobytes())
     path = tmp_path / "short.caffemodel"
-    path.write_bytes(layer_bytes("conv1_1", "Convolution", [blob]))
+    path.write_bytes(nets.layer_bytes(nets.Layer("conv1_1", "Convolution", [], []), [blob]))
     with pytest.raises(CaffeImportError, match=r"holds 10 values but its shape \(4, 4\) needs 16"):
         read_caffemodel(path)
+
+
+def _weighted(weights, drop: tuple[str, ...] = (), **replace) -> list[CaffeLayer]:
+    layers = [CaffeLayer(name, "Convolution", [], [], blobs) for name, blobs in weights.items() if name not in drop]
+    return layers + [CaffeLayer(name, "Convolution", [], [], blobs) for name, blobs in replace.items()]
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return nets.random_weights(nets.attention_net())
 
 
 def test_refuses_unexpected_shapes_and_incomplete_models(weights):
     rng = np.random.default_rng(3)
     deeplab_v1_fc6 = [rng.standard_normal((64, 512, 4, 4), dtype=np.float32), np.zeros(64, np.float32)]
     with pytest.raises(CaffeImportError, match="fc6 has weights 64×512×4×4; DeepLab-LargeFOV's fc6 is 1024×512×3×3"):
-        convert(_layers(weights, drop=("fc6",), fc6=deeplab_v1_fc6), task="parts")
+        convert(_weighted(weights, drop=("fc6",), fc6=deeplab_v1_fc6), task="parts")
     narrow = [np.zeros((32, 3, 3, 3), np.float32), np.zeros(32, np.float32)]
     with pytest.raises(CaffeImportError, match="conv1_1 has weights 32×3×3×3; VGG-16 needs 64×3×3×3"):
-        convert(_layers(weights, drop=("conv1_1",), conv1_1=narrow), task="parts")
+        convert(_weighted(weights, drop=("conv1_1",), conv1_1=narrow), task="parts")
     with pytest.raises(CaffeImportError, match="not a VGG-16 DeepLab-LargeFOV model: no conv3_2"):
-        convert(_layers(weights, drop=("conv3_2",)), task="parts")
+        convert(_weighted(weights, drop=("conv3_2",)), task="parts")
     with pytest.raises(CaffeImportError, match="attention layers incomplete: found only att_conv1"):
-        convert(_layers(weights, drop=("att_fc",)), task="parts")
+        convert(_weighted(weights, drop=("att_fc",)), task="parts")
     with pytest.raises(CaffeImportError, match="no fc8 classifier"):
-        convert(_layers(weights, drop=("fc8_pascal_person_part",)), task="parts")
+        convert(_weighted(weights, drop=(FC8,)), task="parts")
     with pytest.raises(CaffeImportError, match="several fc8 classifiers"):
-        convert(_layers(weights, fc8_extra=weights["fc8_pascal_person_part"]), task="parts")
+        convert(_weighted(weights, fc8_extra=weights[FC8]), task="parts")
 
 
 def test_refuses_class_counts_that_do_not_match_the_task(weights):
     with pytest.raises(CaffeImportError, match=r"predicts 7 classes but task 'clothes' has 6 .*use --task parts"):
-        convert(_layers(weights), task="clothes")
+        convert(_weighted(weights), task="clothes")
     voc = [np.zeros((21, FC, 1, 1), np.float32), np.zeros(21, np.float32)]
     with pytest.raises(CaffeImportError, match="predicts 21 classes .* PASCAL VOC's 21 classes"):
-        convert(_layers(weights, drop=("fc8_pascal_person_part",), fc8_voc12=voc), task="parts")
+        convert(_weighted(weights, drop=(FC8,), fc8_voc12=voc), task="parts")
+
+
+def test_unshared_copies_are_reported_and_the_scale_1_copy_is_used(weights):
+    other = [w + 1 for w in weights["fc7"]]
+    model, info = convert(_weighted(weights, fc7_res075=other), task="parts", single_scale=True)
+    assert any("fc7_res075 differs from fc7" in w for w in info["warnings"])
+    assert torch.equal(model.state_dict()["net.backbone.fc7.weight"], torch.from_numpy(weights["fc7"][0]))
+    assert info["merge"] == "single" and any("attention over scales dropped" in w for w in info["warnings"])
 
 
 def _script():
@@ -363,20 +352,33 @@ def _script():
     return module
 
 
-def test_command_line(v1_caffemodel, tmp_path, capsys):
+def test_command_line(files, tmp_path, capsys):
     script = _script()
     out = tmp_path / "cli.safetensors"
-    assert script.main([str(v1_caffemodel), "--task", "parts", "--out", str(out), "--input-size", "257"]) == 0
-    printed = capsys.readouterr().out
-    assert "7 classes from fc8_pascal_person_part, merge single" in printed and "BGR" in printed
-    assert read_metadata(out).input_size == 257
-    assert script.main([str(v1_caffemodel), "--task", "clothes", "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert script.main([str(files["attention"]), "--prototxt", str(files["attention.prototxt"]), "--task", "parts",
+                        "--out", str(out), "-D", f"EXP={EXP}"]) == 0
+    captured = capsys.readouterr()
+    assert f"7 classes from {FC8}, merge attention" in captured.out and "input 513 px" in captured.out
+    assert "warning" not in captured.err
+    assert read_metadata(out).input_size == 513
+    assert script.main([str(files["largefov"]), "--task", "parts", "--out", str(out), "--input-size", "257"]) == 0
+    assert "pool5a" in capsys.readouterr().out and read_metadata(out).input_size == 257
+    assert script.main([str(files["largefov"]), "--task", "clothes", "--out", str(tmp_path / "x.safetensors")]) == 1
     assert "predicts 7 classes but task 'clothes' has 6" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_prototxt_placeholders_left_open_are_reported(files, tmp_path):
+    prototxt = tmp_path / "other.prototxt"
+    prototxt.write_text(nets.to_prototxt(nets.attention_net()).replace("${EXP}", "${DATASET}"))
+    result = import_caffemodel(files["attention"], task="parts", prototxt=prototxt)
+    assert result.merge == "attention" and result.warnings == []  # DATASET inferred from the caffemodel
+    layers = layers_from_prototxt(prototxt, {"DATASET": EXP})
+    assert any(layer.name == FC8 for layer in layers)
+
+
 def test_caffe_field_numbers_match_caffe():
-    """Caffe's published numbers for the fields the importer reads (BVLC/caffe caffe.proto)."""
+    """Caffe's published numbers for the fields the importer reads (BVLC/caffe and DeepLab's caffe.proto)."""
     from engines.importers import caffe_pb
 
     def numbers(message):
@@ -384,8 +386,19 @@ def test_caffe_field_numbers_match_caffe():
 
     assert numbers(caffe_pb.NetParameter) == {"name": 1, "input": 3, "input_dim": 4, "layer": 100, "layers": 2}
     assert numbers(caffe_pb.LayerParameter) == {
-        "name": 1, "type": 2, "bottom": 3, "top": 4, "param": 6, "blobs": 7, "convolution_param": 106}
-    assert numbers(caffe_pb.V1LayerParameter) == {"bottom": 2, "top": 3, "name": 4, "type": 5, "blobs": 6,
-                                                  "param": 1001, "convolution_param": 10}
+        "name": 1, "type": 2, "bottom": 3, "top": 4, "param": 6, "blobs": 7, "convolution_param": 106,
+        "transform_param": 100, "eltwise_param": 110, "pooling_param": 121, "slice_param": 126, "interp_param": 138}
+    assert numbers(caffe_pb.V1LayerParameter) == {
+        "bottom": 2, "top": 3, "name": 4, "type": 5, "blobs": 6, "param": 1001, "convolution_param": 10,
+        "pooling_param": 19, "eltwise_param": 24, "slice_param": 31, "transform_param": 36}
     assert numbers(caffe_pb.BlobProto) == {"shape": 7, "data": 5, "diff": 6, "double_data": 8, "double_diff": 9,
                                            "num": 1, "channels": 2, "height": 3, "width": 4}
+    interp = caffe_pb.LayerParameter.DESCRIPTOR.fields_by_name["interp_param"].message_type
+    assert {f.name: f.number for f in interp.fields} == {"height": 1, "width": 2, "zoom_factor": 3, "shrink_factor": 4,
+                                                 "pad_beg": 5, "pad_end": 6}
+
+
+def test_dataclass_fields_of_results_are_stable():
+    from engines.importers.caffe import ImportResult
+
+    assert {"input_size", "inference", "pool5a"} <= {f.name for f in dataclasses.fields(ImportResult)}

@@ -17,10 +17,11 @@ _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"
 class VGG16LargeFOV(nn.Module):
     """conv1–conv5 (pool4/pool5 stride 1, conv5 dilated 2) → fc6 (3×3, dilation 12) → fc7.
 
-    Output stride 8: a 321×321 input gives a 41×41 grid.
+    Output stride 8: a 321×321 input gives a 41×41 grid. ``pool5a`` adds the 3×3 average
+    pool (stride 1, pad 1) that DeepLab v1's released LargeFOV model has between pool5 and fc6.
     """
 
-    def __init__(self, fc_channels: int = 1024, dropout: float = 0.5) -> None:
+    def __init__(self, fc_channels: int = 1024, dropout: float = 0.5, pool5a: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         in_channels = 3
@@ -38,6 +39,9 @@ class VGG16LargeFOV(nn.Module):
                 layers.append(nn.ReLU(inplace=True))
                 in_channels = value
         self.features = nn.Sequential(*layers)
+        # Caffe's AVE pooling divides by the full 3×3 window at the borders too (its window may
+        # reach into the padding), which is count_include_pad=True. No weights: old keys still load.
+        self.pool5a = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True) if pool5a else None
         self.fc6 = nn.Conv2d(512, fc_channels, 3, padding=12, dilation=12)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         self.relu = nn.ReLU(inplace=True)
@@ -47,14 +51,16 @@ class VGG16LargeFOV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.features(x)
+        if self.pool5a is not None:
+            x = self.pool5a(x)
         x = self.dropout(self.relu(self.fc6(x)))
         x = self.dropout(self.relu(self.fc7(x)))
         return {"out": x}
 
 
-def vgg16_largefov(*, fc_channels: int = 1024) -> VGG16LargeFOV:
+def vgg16_largefov(*, fc_channels: int = 1024, pool5a: bool = False) -> VGG16LargeFOV:
     """Build the DeepLab-LargeFOV backbone (weights random; see ``load_torchvision_weights``)."""
-    return VGG16LargeFOV(fc_channels=fc_channels)
+    return VGG16LargeFOV(fc_channels=fc_channels, pool5a=pool5a)
 
 
 def imagenet_fc6_from_torchvision(classifier_0_weight: torch.Tensor, classifier_0_bias: torch.Tensor,

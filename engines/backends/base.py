@@ -34,12 +34,15 @@ def check_frame(frame: np.ndarray) -> None:
         raise ValueError("frames must not be empty")
 
 
-def letterbox(frames: list[np.ndarray], size: int, device: torch.device) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Resize each frame so its long side is ``size`` and pad it with grey to size×size.
+def letterbox(frames: list[np.ndarray], size: int, device: torch.device,
+              pad_value: float | tuple[float, float, float] = PAD_VALUE) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Resize each frame so its long side is ``size`` and pad it to size×size at the bottom-right.
 
+    ``pad_value`` is grey, or one RGB colour (Caffe models pad with their mean colour).
     Returns an N×3×size×size float tensor of 0–255 RGB pixels and each frame's content size.
     """
-    batch = torch.full((len(frames), 3, size, size), float(PAD_VALUE), device=device)
+    fill = torch.tensor(pad_value, dtype=torch.float32, device=device).reshape(-1, 1, 1)
+    batch = fill.expand(3, size, size).repeat(len(frames), 1, 1, 1)
     valid: list[tuple[int, int]] = []
     for index, frame in enumerate(frames):
         check_frame(frame)
@@ -100,7 +103,11 @@ class Engine:
     batching_helps = False  # whether one batch of N frames beats N single calls
 
     def __init__(self, model: torch.nn.Module, input_size: int, device: torch.device) -> None:
-        self.model = model
+        from ..importers.caffe_forward import pad_colour, with_recorded_resampling
+
+        # Imported Caffe models record Caffe's resizing and padding; honour them.
+        self.model = with_recorded_resampling(model)
+        self.pad_value = pad_colour(model, PAD_VALUE)
         self.input_size = int(input_size)
         self.device = device
         self.metadata = getattr(model, "metadata", None)
@@ -127,7 +134,7 @@ class Engine:
         if not frames:
             return []
         with torch.inference_mode():
-            pixels, valid = letterbox(frames, self.input_size, self.device)
+            pixels, valid = letterbox(frames, self.input_size, self.device, self.pad_value)
             batch = self.preprocessing.normalise(pixels)
             logits, att, cnn_ms = self._forward(batch)
             sizes = [frame.shape[:2] for frame in frames]
