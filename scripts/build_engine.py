@@ -42,6 +42,7 @@ from engines.backends.tensorrt import (
     missing_requirements,
     save_program,
 )
+from engines.importers.caffe_forward import with_recorded_resampling
 from engines.preprocessing import Preprocessing
 
 EXIT_UNAVAILABLE = 2
@@ -106,7 +107,8 @@ def compare_with_eager(program, model: torch.nn.Module, size: int, batch: int, p
     # A true fp32 reference: no TF32 in cuDNN convolutions or matmuls while it runs.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    reference = model.float().to(device).eval()
+    # What the engines run: imported Caffe models with Caffe's resizing, as recorded.
+    reference = with_recorded_resampling(model.float().to(device).eval())
     dtype = torch.float16 if precision == "fp16" else torch.float32
     generator = torch.Generator().manual_seed(0)
     results = {}
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     reuse = False
     if (folder / PROGRAM_FILE).is_file() and not args.force:
         try:
-            check_key(key, read_key(folder), folder)
+            check_key(key, read_key(folder), folder, args.checkpoint)
             reuse = True
             print(f"[build] a matching build exists in {folder}; reusing it (--force rebuilds)")
         except StaleEngine as exc:

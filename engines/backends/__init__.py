@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from .cpu import CpuEngine
 from .cuda import CudaEngine
 
 BACKENDS: tuple[str, ...] = ("auto", "tensorrt", "cuda", "openvino", "cpu")
-_auto_logged = False
 
 
 def _tensorrt_engine(model, input_size: int, *, engine_path: str | os.PathLike | None, **kwargs) -> Engine:
@@ -28,12 +28,16 @@ def _openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def _log_auto_choice(choice: str, reasons: list[str]) -> None:
-    """Log what ``auto`` picked and why, once per process (servers build engines repeatedly)."""
-    global _auto_logged
-    if not _auto_logged:
-        log.info("engine auto-selected: %s%s", choice, f" ({'; '.join(reasons)})" if reasons else "")
-        _auto_logged = True
+def _log_auto_choice(choice: str, reasons: list[str], what: str) -> None:
+    """Log what ``auto`` picked for this engine and why.
+
+    Per engine, not per process: a server builds one engine per task, and a task whose
+    TensorRT build is missing must say so even when another task's was found. A GPU
+    server that falls back from TensorRT logs a warning.
+    """
+    level = logging.WARNING if choice != "tensorrt" and any(r.startswith("tensorrt:") for r in reasons) \
+        else logging.INFO
+    log.log(level, "engine auto-selected for %s: %s%s", what, choice, f" ({'; '.join(reasons)})" if reasons else "")
 
 
 def create_engine(
@@ -54,8 +58,10 @@ def create_engine(
     """
     if backend not in BACKENDS:
         raise KeyError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    checkpoint: str | None = None
     if isinstance(path_or_model, (str, os.PathLike, Path)):
         model = load_checkpoint(path_or_model, task=task)
+        checkpoint = str(path_or_model)
     else:
         model = path_or_model
     if input_size is None:
@@ -64,11 +70,14 @@ def create_engine(
 
     if backend == "auto":
         reasons: list[str] = []
+        config = getattr(model, "config", {})
+        what = f"{config.get('task', task or 'model')} ({checkpoint or 'model in memory'})"
         if torch.cuda.is_available():
             # tensorrt only where a matching engine was built; otherwise say why and use cuda.
             try:
-                engine = _tensorrt_engine(model, input_size, engine_path=engine_path, precision=precision)
-                _log_auto_choice("tensorrt", reasons)
+                engine = _tensorrt_engine(model, input_size, engine_path=engine_path, precision=precision,
+                                          checkpoint=checkpoint)
+                _log_auto_choice("tensorrt", reasons, what)
                 return engine
             except (BackendUnavailable, ValueError) as exc:
                 reasons.append(f"tensorrt: {exc}")
@@ -78,7 +87,7 @@ def create_engine(
             backend = "openvino" if _openvino_installed() else "cpu"
             if backend == "cpu":
                 reasons.append("openvino not installed")
-        _log_auto_choice(backend, reasons)
+        _log_auto_choice(backend, reasons, what)
 
     if backend == "openvino":
         from .openvino import OpenVinoEngine
@@ -88,7 +97,7 @@ def create_engine(
         return CpuEngine(model, input_size, threads=threads)
     if backend == "cuda":
         return CudaEngine(model, input_size, precision=precision)
-    return _tensorrt_engine(model, input_size, engine_path=engine_path, precision=precision)
+    return _tensorrt_engine(model, input_size, engine_path=engine_path, precision=precision, checkpoint=checkpoint)
 
 
 __all__ = ["BACKENDS", "BackendUnavailable", "CpuEngine", "CudaEngine", "Engine", "Prediction", "create_engine"]

@@ -1,8 +1,9 @@
 """Where compiled TensorRT programs live, and the key that says whether one still fits.
 
 A TensorRT engine is only valid for the exact weights, input shape and precision it was
-built for, on the GPU model and the torch / torch-tensorrt / TensorRT versions that built
-it. ``scripts/build_engine.py`` saves each program beside a ``key.json`` holding all of
+built for, with the forward code that defined its graph (the source of ``engines/``), on the
+GPU model and the torch / torch-tensorrt / TensorRT versions that built it.
+``scripts/build_engine.py`` saves each program beside a ``key.json`` holding all of
 those; the ``tensorrt`` backend recomputes the key at start-up and refuses a program whose
 key differs, instead of running a stale engine that may crash or silently mislead.
 
@@ -24,7 +25,7 @@ import torch
 
 from .base import BackendUnavailable
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: the forward code's digest is part of the key
 PROGRAM_FILE = "program.ep"
 KEY_FILE = "key.json"
 PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
@@ -49,6 +50,7 @@ class EngineKey:
     torch: str
     torch_tensorrt: str
     tensorrt: str
+    code: str = ""  # network_code_digest(): the source that defines the compiled graph
     key_format: int = KEY_FORMAT
 
     def digest(self) -> str:
@@ -88,6 +90,9 @@ def model_sha256(model: torch.nn.Module) -> str:
     config = dict(getattr(model, "config", {}))
     preprocessing = getattr(model, "preprocessing", None)
     header = {"config": config, "preprocessing": preprocessing.to_dict() if preprocessing is not None else None}
+    inference = getattr(getattr(model, "metadata", None), "inference", None)
+    if inference:  # Caffe's resizing is part of what the program computes (older keys stay as they were)
+        header["inference"] = inference
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().to("cpu")
@@ -95,6 +100,22 @@ def model_sha256(model: torch.nn.Module) -> str:
             tensor = tensor.float()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def network_code_digest(root: str | os.PathLike | None = None) -> str:
+    """SHA-256 of the Python source under ``engines/`` (paths and contents).
+
+    A compiled program freezes the forward pass; any edit to the code that defines it must
+    invalidate the build rather than load a stale engine silently (as the OpenVINO cache does).
+    """
+    root = Path(root) if root is not None else _REPO_ROOT / "engines"
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -123,8 +144,8 @@ def gpu_name(device: torch.device | int | None = None) -> str:
 
 def make_key(model: torch.nn.Module, *, input_size: int, batch: int, precision: str,
              gpu: str | None = None, versions: dict[str, str] | None = None,
-             model_hash: str | None = None) -> EngineKey:
-    """The key for building or loading ``model`` here (GPU and versions default to this machine's)."""
+             model_hash: str | None = None, code: str | None = None) -> EngineKey:
+    """The key for building or loading ``model`` here (GPU, versions and code default to this machine's)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown TensorRT precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if int(input_size) < 1 or int(batch) < 1:
@@ -142,6 +163,7 @@ def make_key(model: torch.nn.Module, *, input_size: int, batch: int, precision: 
         torch=versions["torch"],
         torch_tensorrt=versions["torch_tensorrt"],
         tensorrt=versions["tensorrt"],
+        code=code if code is not None else network_code_digest(),
     )
 
 
@@ -150,7 +172,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PARTCAM_ENGINE_DIR") or _REPO_ROOT / ".cache" / "engines")
 
 
-def rebuild_command(key: EngineKey, checkpoint: str = "CHECKPOINT") -> str:
+def rebuild_command(key: EngineKey, checkpoint: str | os.PathLike = "CHECKPOINT") -> str:
+    """The build_engine.py command that makes ``key``'s program for ``checkpoint``."""
     return (f"python scripts/build_engine.py --checkpoint {checkpoint} --input-size {key.input_size} "
             f"--batch {key.batch} --precision {key.precision}")
 
@@ -166,12 +189,16 @@ def read_key(folder: str | os.PathLike) -> EngineKey:
         raise StaleEngine(f"{path} is unreadable ({exc})") from None
 
 
-def check_key(expected: EngineKey, found: EngineKey, folder: str | os.PathLike) -> None:
+def check_key(expected: EngineKey, found: EngineKey, folder: str | os.PathLike,
+              checkpoint: str | os.PathLike = "CHECKPOINT") -> None:
     """Refuse a program built for something else, saying what differs and how to rebuild."""
     differences = expected.differences(found)
     if differences:
+        # The code digest is long and says nothing to a reader: name it without its value.
+        differences = [("code: the forward code changed since the build" if line.startswith("code:") else line)
+                       for line in differences]
         raise StaleEngine(f"the TensorRT engine in {folder} is stale ({'; '.join(differences)}); "
-                          f"rebuild it with: {rebuild_command(expected)}")
+                          f"rebuild it with: {rebuild_command(expected, checkpoint)}")
 
 
 def write_key(folder: str | os.PathLike, key: EngineKey) -> Path:

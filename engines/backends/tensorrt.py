@@ -65,8 +65,12 @@ def import_torch_tensorrt():
             f"the tensorrt backend needs torch-tensorrt and the TensorRT libraries ({missing} is not importable); "
             "on an NVIDIA server: pip install -r requirements-gpu.txt"
         ) from None
-    except OSError as exc:  # the wheel imports but a shared library (libnvinfer, CUDA) does not load
-        raise BackendUnavailable(f"torch-tensorrt is installed but cannot load its libraries ({exc})") from None
+    except Exception as exc:
+        # The wheel is there but its TensorRT libraries do not load: torch-tensorrt then raises a
+        # plain Exception (or an OSError from the loader), which must not crash ``auto``.
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BackendUnavailable(f"torch-tensorrt is installed but cannot load its TensorRT libraries "
+                                 f"({type(exc).__name__}: {first_line})") from None
     return torch_tensorrt
 
 
@@ -98,19 +102,31 @@ def _tensorrt_major() -> int:
         return 0
 
 
+def cuda_device(device: torch.device | str | None = None) -> torch.device:
+    """``device`` with its index: torch-tensorrt turns a bare ``cuda`` into ``cuda:None`` and fails."""
+    device = torch.device("cuda" if device is None else device)
+    if device.type != "cuda":
+        raise ValueError(f"TensorRT runs on CUDA devices, not {device}")
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
 def compile_program(model: torch.nn.Module, input_size: int, batch: int, precision: str,
-                    device: torch.device | str = "cuda"):
+                    device: torch.device | str | None = None):
     """Compile ``model`` with torch-tensorrt's dynamo path for one static input shape.
 
     fp16 is expressed in the graph itself (fp16 weights and input): TensorRT 11, which
     torch-tensorrt 2.13 uses, only builds strongly typed networks, so the old
     ``enabled_precisions`` switch is used only where an older TensorRT still needs it.
-    Returns (compiled module, example input).
+    Returns (compiled module, example input). A model whose checkpoint records Caffe's resizing
+    is compiled with it (see engines/importers/caffe_forward.py).
     """
+    from ..importers.caffe_forward import with_recorded_resampling
+
     torch_tensorrt = import_torch_tensorrt()
     dtype = _DTYPES[precision]
-    device = torch.device(device)
-    module = TupleOutputs(fuse_conv_bn(model)).to(device=device, dtype=dtype).eval()
+    device = cuda_device(device)
+    network = with_recorded_resampling(model)
+    module = TupleOutputs(fuse_conv_bn(network)).to(device=device, dtype=dtype).eval()
     example = torch.randn(batch, 3, input_size, input_size, device=device, dtype=dtype)
     with torch.no_grad():
         exported = torch.export.export(module, (example,))
@@ -169,6 +185,40 @@ def plan_chunks(frames: int, batches: list[int]) -> list[tuple[int, int]]:
     return plan
 
 
+def find_builds(expected: EngineKey, *, engine_path: str | os.PathLike | None = None, batch: int | None = None,
+                cache_dir: str | os.PathLike | None = None, checkpoint: str = "CHECKPOINT"
+                ) -> list[tuple[Path, EngineKey]]:
+    """The builds to load for ``expected``, each checked against its key.json; stale ones are refused.
+
+    ``checkpoint`` is the path put into the rebuild command of the error messages.
+    """
+    if engine_path is not None:
+        folder = _engine_folder(engine_path)
+        if not (folder / PROGRAM_FILE).is_file():
+            raise BackendUnavailable(f"no TensorRT program at {folder / PROGRAM_FILE}; "
+                                     f"build one with: {rebuild_command(expected, checkpoint)}")
+        found = read_key(folder)
+        wanted = expected if batch else dataclasses.replace(expected, batch=found.batch)
+        check_key(wanted, found, folder, checkpoint)
+        return [(folder, found)]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    batches = [batch] if batch else built_batches(root, expected)
+    builds = []
+    for size in batches:
+        wanted = dataclasses.replace(expected, batch=size)
+        folder = root / wanted.folder_name
+        if not (folder / PROGRAM_FILE).is_file():
+            continue
+        check_key(wanted, read_key(folder), folder, checkpoint)
+        builds.append((folder, wanted))
+    if not builds:
+        raise BackendUnavailable(
+            f"no TensorRT engine built for this {expected.backbone}/{expected.merge} checkpoint at "
+            f"{expected.input_size} px, {expected.precision}, in {root}; build one with: "
+            f"{rebuild_command(expected, checkpoint)}")
+    return builds
+
+
 class TensorRTEngine(Engine):
     """Runs programs built by scripts/build_engine.py; CNN time comes from CUDA events."""
 
@@ -178,52 +228,28 @@ class TensorRTEngine(Engine):
 
     def __init__(self, model: torch.nn.Module, input_size: int, *, engine_path: str | os.PathLike | None = None,
                  precision: str = "fp16", batch: int | None = None, cache_dir: str | os.PathLike | None = None,
-                 device: str | torch.device = "cuda") -> None:
+                 device: str | torch.device | None = None, checkpoint: str | os.PathLike | None = None) -> None:
         require_tensorrt()
         if precision not in PRECISIONS:
             raise ValueError(f"unknown TensorRT precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         self.precision = precision
         self.dtype = _DTYPES[precision]
-        device = torch.device(device)
+        device = cuda_device(device)
         super().__init__(model, input_size, device)
         self._programs: dict[int, Callable] = {}
         started = time.perf_counter()
-        for folder, key in self._matching_builds(model, engine_path, batch, cache_dir):
-            self._programs[key.batch] = load_program(folder)
-            log.info("TensorRT program loaded: %s", folder)
-        self._start = torch.cuda.Event(enable_timing=True)
-        self._end = torch.cuda.Event(enable_timing=True)
-        log.info("TensorRT engine on %s, %s, batches %s, ready in %.1f s", self.device_name, precision,
-                 sorted(self._programs), time.perf_counter() - started)
-
-    def _matching_builds(self, model, engine_path, batch, cache_dir) -> list[tuple[Path, EngineKey]]:
-        """The builds to load, each checked against this machine's key; stale ones are refused."""
         expected = make_key(model, input_size=self.input_size, batch=batch or 1, precision=self.precision,
                             gpu=torch.cuda.get_device_name(self.device))
-        if engine_path is not None:
-            folder = _engine_folder(engine_path)
-            if not (folder / PROGRAM_FILE).is_file():
-                raise BackendUnavailable(f"no TensorRT program at {folder / PROGRAM_FILE}; "
-                                         f"build one with: {rebuild_command(expected)}")
-            found = read_key(folder)
-            wanted = expected if batch else dataclasses.replace(expected, batch=found.batch)
-            check_key(wanted, found, folder)
-            return [(folder, found)]
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        batches = [batch] if batch else built_batches(root, expected)
-        builds = []
-        for size in batches:
-            wanted = dataclasses.replace(expected, batch=size)
-            folder = root / wanted.folder_name
-            if not (folder / PROGRAM_FILE).is_file():
-                continue
-            check_key(wanted, read_key(folder), folder)
-            builds.append((folder, wanted))
-        if not builds:
-            raise BackendUnavailable(
-                f"no TensorRT engine built for this {expected.backbone}/{expected.merge} checkpoint at "
-                f"{self.input_size} px, {self.precision}, in {root}; build one with: {rebuild_command(expected)}")
-        return builds
+        builds = find_builds(expected, engine_path=engine_path, batch=batch, cache_dir=cache_dir,
+                             checkpoint=str(checkpoint) if checkpoint is not None else "CHECKPOINT")
+        with torch.cuda.device(self.device):
+            for folder, key in builds:
+                self._programs[key.batch] = load_program(folder)
+                log.info("TensorRT program loaded: %s", folder)
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+        log.info("TensorRT engine on %s, %s, batches %s, ready in %.1f s", self.device_name, precision,
+                 sorted(self._programs), time.perf_counter() - started)
 
     @property
     def device_name(self) -> str:
@@ -235,19 +261,21 @@ class TensorRTEngine(Engine):
         return info
 
     def _forward(self, batch):
-        batch = batch.to(self.dtype).contiguous()
-        logits, attention, offset = [], [], 0
-        self._start.record()
-        for take, run in plan_chunks(batch.shape[0], list(self._programs)):
-            chunk = batch[offset:offset + take]
-            if take < run:  # static shapes: pad with blank frames, drop their outputs below
-                chunk = torch.cat([chunk, chunk.new_zeros((run - take, *chunk.shape[1:]))])
-            outputs = self._programs[run](chunk)
-            logits.append(outputs[0][:take])
-            if len(outputs) > 1:
-                attention.append(outputs[1][:take])
-            offset += take
-        self._end.record()
-        self._end.synchronize()
-        cnn_ms = self._start.elapsed_time(self._end)
+        # The serving thread's current device is 0: events and programs must run on this engine's.
+        with torch.cuda.device(self.device):
+            batch = batch.to(self.device, self.dtype).contiguous()
+            logits, attention, offset = [], [], 0
+            self._start.record()
+            for take, run in plan_chunks(batch.shape[0], list(self._programs)):
+                chunk = batch[offset:offset + take]
+                if take < run:  # static shapes: pad with blank frames, drop their outputs below
+                    chunk = torch.cat([chunk, chunk.new_zeros((run - take, *chunk.shape[1:]))])
+                outputs = self._programs[run](chunk)
+                logits.append(outputs[0][:take])
+                if len(outputs) > 1:
+                    attention.append(outputs[1][:take])
+                offset += take
+            self._end.record()
+            self._end.synchronize()
+            cnn_ms = self._start.elapsed_time(self._end)
         return torch.cat(logits), (torch.cat(attention) if attention else None), cnn_ms
