@@ -10,26 +10,27 @@ import hmac
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, abort, jsonify, request, send_file, send_from_directory
+from flask import Flask, Response, abort, jsonify, request, send_file, send_from_directory
 from flask_socketio import SocketIO, emit
 
-from engines import Engine, build_model, create_engine
+from engines import Engine
 from engines import __version__ as engines_version
+from engines.shipped import load_default_engine
 from engines.tasks import TASKS
 
 from .codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, FrameError, check_image_bytes, open_image
-from .inference import VIEWS, FrameJob, InferenceService, Outcome
+from .inference import FORMS, VIEWS, FrameJob, InferenceService, Outcome
 from .overlay import DEFAULT_OPACITY, scale_colours
 
 log = logging.getLogger("partcam.server")
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_DIR = ROOT / "client_web"
-MODELS_DIR = ROOT / "models"
 SOCKETIO_JS = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 VERSION = engines_version
 
@@ -58,23 +59,8 @@ class ServerSettings:
 
 def load_engines(settings: ServerSettings) -> dict[str, Engine]:
     """One engine per task: the checkpoint given, else the shipped model, else an untrained one."""
-    engines: dict[str, Engine] = {}
-    for task in TASKS:
-        given = getattr(settings, task)
-        shipped = MODELS_DIR / f"{task}.safetensors"
-        source: Any
-        if given:
-            source = given
-        elif shipped.exists():
-            source = shipped
-        else:
-            log.warning("no trained %s model at %s: serving an UNTRAINED network (random weights)", task, shipped)
-            source = build_model(task=task, backbone="mobilenetv3_large", merge="attention")
-        started = time.perf_counter()
-        engines[task] = create_engine(source, backend=settings.engine, input_size=settings.input_size, task=task)
-        log.info("%s: %s engine on %s, input %d px, loaded in %.1f s", task, engines[task].name,
-                 engines[task].device_name, engines[task].input_size, time.perf_counter() - started)
-    return engines
+    return {task: load_default_engine(task, getattr(settings, task), backend=settings.engine,
+                                      input_size=settings.input_size) for task in TASKS}
 
 
 def _engine_info(engine: Engine) -> dict:
@@ -98,10 +84,10 @@ def _run_blocking(async_mode: str):
 
 
 
-def _check_frame_message(message: Any, engines: dict[str, Engine]) -> tuple[int, str, str, float, Any]:
+def _check_frame_message(message: Any, engines: dict[str, Engine]) -> tuple[int, str, str, float, str, Any]:
     """Validate a ``frame`` message's fields; raises FrameError naming the first problem."""
     if not isinstance(message, dict):
-        raise FrameError("invalid_frame", "a frame must be an object {id, task, image, view}")
+        raise FrameError("invalid_frame", "a frame must be an object {id, task, image, view, form}")
     frame_id = message.get("id")
     if isinstance(frame_id, bool) or not isinstance(frame_id, int):
         raise FrameError("invalid_frame", "'id' must be an integer")
@@ -118,9 +104,12 @@ def _check_frame_message(message: Any, engines: dict[str, Engine]) -> tuple[int,
     opacity = message.get("opacity", DEFAULT_OPACITY)
     if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not math.isfinite(opacity):
         raise FrameError("invalid_frame", "'opacity' must be a number from 0 to 1")
+    form = message.get("form", "jpeg")
+    if form not in FORMS:
+        raise FrameError("invalid_frame", f"'form' must be one of: {', '.join(FORMS)}")
     if "image" not in message:
         raise FrameError("invalid_frame", "'image' is missing")
-    return frame_id, task, view, min(max(float(opacity), 0.0), 1.0), message["image"]
+    return frame_id, task, view, min(max(float(opacity), 0.0), 1.0), form, message["image"]
 
 
 class PartCamServer:
@@ -159,6 +148,7 @@ class PartCamServer:
             "tasks": {task: {**TASKS[task].to_dict(), "model": _engine_info(engine)}
                       for task, engine in self.engines.items()},
             "views": list(VIEWS),
+            "forms": list(FORMS),
             "max_frame_bytes": self.settings.max_frame_bytes,
             "token_required": bool(self.settings.token),
         }
@@ -185,10 +175,68 @@ class PartCamServer:
             return jsonify({"status": "ok", "clients": len(self.clients), "waiting_frames": len(self.service.queue),
                             "frames_done": self.service.frames_done, "errors": self.service.errors})
 
+        @app.post("/api/parse")
+        def api_parse():
+            return self._parse_request()
+
         @app.after_request
         def no_sniffing(response):
             response.headers["X-Content-Type-Options"] = "nosniff"
             return response
+
+    def _token_ok(self, given: object) -> bool:
+        expected = self.settings.token
+        return not expected or (isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode()))
+
+    def _parse_request(self) -> Response:
+        """``POST /api/parse?task=T`` with a JPEG or PNG body → PNG label map at the image's size.
+
+        The same checks and error codes as Socket.IO frames; the frame queues with the live
+        clients' frames on the one inference worker (an HTTP caller never replaces them).
+        """
+        received = time.perf_counter()
+        bearer = request.headers.get("Authorization", "")
+        given = bearer[7:] if bearer.startswith("Bearer ") else request.args.get("token")
+        if not self._token_ok(given):
+            return _http_error(FrameError("unauthorized", "access token missing or wrong: send "
+                                                          "'Authorization: Bearer TOKEN' or ?token=TOKEN"))
+        task = request.args.get("task", "parts")
+        try:
+            if task not in self.engines:
+                raise FrameError("unknown_task",
+                                 f"unknown task {task[:40]!r}; this server runs: {', '.join(self.engines)}")
+            limit = self.settings.max_frame_bytes
+            if request.content_length is not None and request.content_length > limit:  # refused unread
+                raise FrameError("image_too_large", f"image is {request.content_length:,} bytes; "
+                                                    f"the limit is {limit:,} bytes")
+            data = check_image_bytes(request.stream.read(limit + 1), limit)
+            open_image(data, self.settings.max_side, self.settings.max_pixels)  # header only
+        except FrameError as error:
+            return _http_error(error)
+        done = self.socketio.server.eio.create_event()
+        box: dict[str, Outcome] = {}
+
+        def reply(outcome: Outcome) -> None:
+            box["outcome"] = outcome
+            done.set()
+
+        job = FrameJob(f"http:{uuid.uuid4().hex}", 0, task, "overlay", 0.0, data, received=received, form="labels",
+                       reply=reply)
+        self.service.start()
+        self.service.submit(job)
+        if not done.wait(timeout=HTTP_PARSE_TIMEOUT_S):
+            self.service.forget(job.sid)
+            return _http_error(FrameError("busy", "the server did not finish this image in time; try again"))
+        outcome = box["outcome"]
+        if outcome.error is not None:
+            return _http_error(outcome.error)
+        result = outcome.result
+        response = Response(result["labels"], mimetype="image/png")
+        response.headers["X-CNN-Ms"] = f"{result['cnn_ms']:.2f}"
+        response.headers["X-Timing"] = result["timing"]
+        response.headers["X-Server-Ms"] = f"{(time.perf_counter() - received) * 1000.0:.2f}"
+        response.headers["X-Classes"] = ",".join(TASKS[task].classes)
+        return response
 
     # --- Socket.IO --------------------------------------------------------------------------
     def _register_events(self) -> None:
@@ -198,7 +246,7 @@ class PartCamServer:
         def handle_connect(auth=None):
             if self.settings.token:
                 given = auth.get("token") if isinstance(auth, dict) else None
-                if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.settings.token.encode()):
+                if not self._token_ok(given):
                     log.info("refused a connection without the right token from %s", request.remote_addr)
                     raise ConnectionRefusedError("access token missing or wrong: open the link the server printed")
             self.clients.add(request.sid)
@@ -214,13 +262,14 @@ class PartCamServer:
             received = time.perf_counter()
             frame_id = message.get("id") if isinstance(message, dict) else None
             try:
-                frame_id, task, view, opacity, image = _check_frame_message(message, self.engines)
+                frame_id, task, view, opacity, form, image = _check_frame_message(message, self.engines)
                 data = check_image_bytes(image, self.settings.max_frame_bytes)
                 open_image(data, self.settings.max_side, self.settings.max_pixels)  # header only
             except FrameError as error:
                 emit("error", _error_payload(frame_id, error))
                 return
-            self.service.submit(FrameJob(request.sid, frame_id, task, view, opacity, data, received=received))
+            self.service.submit(FrameJob(request.sid, frame_id, task, view, opacity, data, received=received,
+                                         form=form))
 
     def _deliver(self, outcome: Outcome) -> None:
         sid = outcome.job.sid
@@ -239,6 +288,18 @@ def _error_payload(frame_id: Any, error: FrameError) -> dict:
     if isinstance(frame_id, int) and not isinstance(frame_id, bool):
         payload["id"] = frame_id
     return payload
+
+
+# HTTP status for each error code of ``POST /api/parse`` (the codes are the Socket.IO ones).
+HTTP_STATUS = {"unauthorized": 401, "image_too_large": 413, "image_dimensions_too_large": 413,
+               "internal_error": 500, "busy": 503}
+HTTP_PARSE_TIMEOUT_S = 60.0
+
+
+def _http_error(error: FrameError) -> Response:
+    response = jsonify({"code": error.code, "message": error.message})
+    response.status_code = HTTP_STATUS.get(error.code, 400)
+    return response
 
 
 def create_server(settings: ServerSettings | None = None, engines: dict[str, Engine] | None = None) -> PartCamServer:

@@ -6,13 +6,17 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Formats a phone or a script may send. Anything else is refused before a decoder runs.
 ACCEPTED_FORMATS = ("JPEG", "PNG")
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_SIDE = 4096
 DEFAULT_MAX_PIXELS = 4096 * 3072
+
+
+def _either(names: tuple[str, ...]) -> str:
+    return " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 class FrameError(ValueError):
@@ -38,16 +42,17 @@ def check_image_bytes(data: object, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes
     return data
 
 
-def open_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS,
+               formats: tuple[str, ...] = ACCEPTED_FORMATS) -> Image.Image:
     """Parse only the header and check the claimed size, so a tiny file cannot claim gigapixels."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise FrameError("image_dimensions_too_large", "image header claims an enormous size") from None
     except Exception:  # Pillow raises several types for garbage; all mean the same to a client
-        raise FrameError("undecodable_image", "image is not a readable JPEG or PNG") from None
+        raise FrameError("undecodable_image", f"image is not a readable {_either(formats)}") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise FrameError("undecodable_image", f"image header claims {width}×{height} pixels")
@@ -57,9 +62,14 @@ def open_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = 
     return image
 
 
-def decode_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """JPEG or PNG bytes → H×W×3 uint8 RGB, refusing oversized headers before decoding."""
-    image = open_image(data, max_side, max_pixels)
+def decode_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                 formats: tuple[str, ...] = ACCEPTED_FORMATS, exif_orient: bool = False) -> np.ndarray:
+    """JPEG or PNG bytes → H×W×3 uint8 RGB, refusing oversized headers before decoding.
+
+    ``exif_orient`` turns camera photos upright (offline files); live frames come from a canvas
+    and carry no orientation.
+    """
+    image = open_image(data, max_side, max_pixels, formats)
     try:
         image.load()
     except OSError as exc:
@@ -68,6 +78,8 @@ def decode_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int 
         raise FrameError("undecodable_image", "image data is corrupt") from None
     except Exception:
         raise FrameError("undecodable_image", "image data is corrupt") from None
+    if exif_orient:
+        image = ImageOps.exif_transpose(image)
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.array(image)  # writable, as torch.from_numpy wants
@@ -81,4 +93,16 @@ def encode_jpeg(rgb: np.ndarray | Image.Image, quality: int = 80) -> bytes:
     image = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb, "RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality, subsampling=2)
+    return buffer.getvalue()
+
+
+def encode_label_png(labels: np.ndarray, compress_level: int = 1) -> bytes:
+    """H×W uint8 class indices → single-channel PNG (pixel value = class index).
+
+    Level 1: label maps are long runs of one value, so the fastest zlib level already packs
+    them nearly as small as the slowest, in a fraction of the time.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), "L").save(buffer, format="PNG",
+                                                                          compress_level=compress_level)
     return buffer.getvalue()

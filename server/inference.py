@@ -19,12 +19,16 @@ import numpy as np
 
 from engines import Engine
 
-from .codec import FrameError, decode_image, encode_jpeg
+from .codec import FrameError, decode_image, encode_jpeg, encode_label_png
 from .overlay import colourise_attention, colourise_parts
 
 log = logging.getLogger("partcam.server")
 
 VIEWS = ("overlay", "attention")
+# What a result carries: "jpeg", the coloured overlay re-encoded (any client can show it), or
+# "labels", a single-channel PNG of class indices (scale indices for the attention view) at the
+# frame's size, which the page colours and blends over the frame it sent.
+FORMS = ("jpeg", "labels")
 
 
 @dataclass
@@ -40,6 +44,8 @@ class FrameJob:
     received: float = field(default_factory=time.perf_counter)  # perf_counter when the handler got it
     dropped: int = 0  # older frames of this client that this one replaced
     started: float = 0.0  # perf_counter when a worker picked it up
+    form: str = "jpeg"
+    reply: Callable[[Outcome], None] | None = None  # set for HTTP requests: called instead of emitting
 
 
 @dataclass
@@ -91,9 +97,19 @@ class LatestFrameQueue:
             return len(self._slots)
 
 
+def _label_map(job: FrameJob, prediction) -> np.ndarray:
+    """What a "labels" result carries: class indices, or for the attention view the winning scale."""
+    if job.view == "attention":
+        return prediction.attention.argmax(axis=0).astype(np.uint8)
+    return prediction.labels
+
+
 def process_batch(jobs: list[FrameJob], engine: Engine, palette: np.ndarray, *, max_side: int, max_pixels: int,
                   jpeg_quality: int) -> list[Outcome]:
-    """decode → engine → colourise → encode for jobs of one task. Blocking: call it from a real thread."""
+    """decode → engine → colourise → encode for jobs of one task. Blocking: call it from a real thread.
+
+    Each result carries ``stages``, milliseconds per step, so the load test can say where time goes.
+    """
     started = time.perf_counter()
     outcomes: list[Outcome] = []
     frames: list[np.ndarray] = []
@@ -108,6 +124,7 @@ def process_batch(jobs: list[FrameJob], engine: Engine, palette: np.ndarray, *, 
         job.data = b""  # the bytes are no longer needed; don't keep them alive with the job
     if not frames:
         return outcomes
+    decode_ms = (time.perf_counter() - started) * 1000.0 / len(frames)
     want_attention = any(outcome.job.view == "attention" for outcome in decoded)
     try:
         predictions = engine.infer(frames, attention=want_attention)
@@ -117,24 +134,33 @@ def process_batch(jobs: list[FrameJob], engine: Engine, palette: np.ndarray, *, 
         return outcomes + [Outcome(outcome.job, error=error) for outcome in decoded]
     for outcome, frame, prediction in zip(decoded, frames, predictions):
         job = outcome.job
-        if job.view == "attention":
-            if prediction.attention is None:
-                outcome.error = FrameError("attention_unavailable", "this model has no scale attention to show")
-                outcomes.append(outcome)
-                continue
-            image = colourise_attention(frame, prediction.attention, job.opacity)
+        if job.view == "attention" and prediction.attention is None:
+            outcome.error = FrameError("attention_unavailable", "this model has no scale attention to show")
+            outcomes.append(outcome)
+            continue
+        coded = time.perf_counter()
+        if job.form == "labels":
+            payload = {"labels": encode_label_png(_label_map(job, prediction))}
+        elif job.view == "attention":
+            payload = {"image": encode_jpeg(colourise_attention(frame, prediction.attention, job.opacity),
+                                            jpeg_quality)}
         else:
-            image = colourise_parts(frame, prediction.labels, palette, job.opacity)
+            payload = {"image": encode_jpeg(colourise_parts(frame, prediction.labels, palette, job.opacity),
+                                            jpeg_quality)}
+        stages = {"decode_ms": decode_ms, **prediction.timings,
+                  "encode_ms": (time.perf_counter() - coded) * 1000.0}
         outcome.result = {
             "id": job.frame_id,
             "task": job.task,
             "view": job.view,
-            "image": encode_jpeg(image, jpeg_quality),
+            "form": job.form,
+            **payload,
             "width": int(frame.shape[1]),
             "height": int(frame.shape[0]),
             "cnn_ms": round(float(prediction.cnn_ms), 2),
             "timing": engine.timing_label,
             "queue_ms": round((job.started - job.received) * 1000.0, 2),
+            "stages": {name: round(value, 2) for name, value in stages.items()},
             "engine": engine.name,
             "batch": len(frames),
             "dropped": job.dropped,
@@ -213,6 +239,6 @@ class InferenceService:
                     else:
                         self.errors += 1
                     try:
-                        self._deliver(outcome)
+                        (outcome.job.reply or self._deliver)(outcome)
                     except Exception:
                         log.exception("could not deliver the outcome of frame %s", outcome.job.frame_id)

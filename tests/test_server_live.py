@@ -75,5 +75,10 @@ def test_https_server_serves_frames_and_refuses_wrong_tokens(https_server):
         [result] = got
         assert result["id"] == 1 and result["image"][:2] == b"\xff\xd8"
         assert result["timing"] == "CPU time" and result["server_ms"] >= result["cnn_ms"]
+        # The REST endpoint shares the worker with the live client, under eventlet, with the same token.
+        parse = f"{url}/api/parse?task=parts"
+        answer = requests.post(parse, data=frame, headers={"Authorization": "Bearer t0ken"}, verify=False, timeout=30)
+        assert answer.status_code == 200 and answer.content[:4] == b"\x89PNG" and float(answer.headers["X-CNN-Ms"]) > 0
+        assert requests.post(parse, data=frame, verify=False, timeout=30).status_code == 401
     finally:
         client.disconnect()
