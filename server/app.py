@@ -160,11 +160,25 @@ class PartCamServer:
         def index():
             return send_from_directory(CLIENT_DIR, "index.html")
 
+        @app.get("/favicon.ico")
+        def favicon():
+            # Browsers ask for this path whatever the page links (a home-screen bookmark, a tab
+            # opened on /api/info); answer with the page's icon rather than a 404.
+            return send_from_directory(CLIENT_DIR, "icon.svg", mimetype="image/svg+xml")
+
         @app.get("/vendor/socket.io.min.js")
         def socketio_client():
             if not SOCKETIO_JS.exists():
                 abort(404, description="socket.io client missing on the server: run `npm ci` in the project folder")
             return send_file(SOCKETIO_JS, mimetype="text/javascript")
+
+        @app.get("/vendor/socket.io.min.js.map")
+        def socketio_client_map():
+            # The script names its source map; a browser with developer tools open asks for it.
+            source_map = SOCKETIO_JS.with_name(SOCKETIO_JS.name + ".map")
+            if not source_map.exists():
+                abort(404)
+            return send_file(source_map, mimetype="application/json")
 
         @app.get("/api/info")
         def api_info():

@@ -48,6 +48,10 @@ def test_page_shows_live_overlays_readout_and_legend(live_server, tmp_path):
                                     is_mobile=True, has_touch=True)
             page_errors: list[str] = []
             page.on("pageerror", lambda error: page_errors.append(str(error)))
+            failed: list[str] = []  # every file the page asks for must be there (no 404 for an icon)
+            page.on("response", lambda response: failed.append(f"{response.status} {response.url}")
+                    if response.status >= 400 else None)
+            page.on("requestfailed", lambda request: failed.append(f"failed {request.url}"))
             page.goto(live_server + "/")
 
             expect(page.locator("#overlay")).to_be_visible(timeout=30_000)  # a result came back and was drawn
@@ -72,6 +76,7 @@ def test_page_shows_live_overlays_readout_and_legend(live_server, tmp_path):
             page.get_by_role("radio", name="Parts").click()
             wait_for_fresh_results(page)
             assert page_errors == []
+            assert failed == []
             page.screenshot(path=str(shots / "screenshot.png"))
         finally:
             browser.close()

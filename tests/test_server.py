@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import time
 import zlib
@@ -13,7 +14,7 @@ from conftest import encode, make_scene
 from PIL import Image
 
 from engines.tasks import TASKS
-from server.app import ServerSettings, create_server
+from server.app import SOCKETIO_JS, ServerSettings, create_server
 from server.codec import FrameError, decode_image
 from server.inference import FrameJob, LatestFrameQueue
 from server.overlay import colourise_attention, colourise_parts, scale_colours
@@ -217,6 +218,13 @@ def test_http_endpoints_and_no_path_traversal(server):
     assert http.get("/healthz").get_json()["status"] == "ok"
     assert b"<video" in http.get("/").data
     assert http.get("/static/app.js").status_code == 200
+    # Everything the page names exists: its icons, the favicon browsers ask for anyway, and the
+    # Socket.IO client's source map (asked for when developer tools are open).
+    page = http.get("/").data.decode()
+    for path in [*re.findall(r'(?:href|src)="(/[^"]+)"', page), "/favicon.ico"]:
+        assert http.get(path).status_code == 200, path
+    if SOCKETIO_JS.exists():
+        assert http.get("/vendor/socket.io.min.js.map").status_code == 200
     for path in ("/static/../server/app.py", "/static/%2e%2e/server/app.py", "/static/..%2fserver%2fapp.py",
                  "/static//etc/passwd"):
         response = http.get(path, follow_redirects=True)
