@@ -1,4 +1,5 @@
-// PartCam phone page: camera → JPEG frame → Socket.IO → coloured overlay back, one frame in flight.
+// PartCam phone page: camera → JPEG frame → Socket.IO → label map back, coloured and blended here over
+// the frame that was sent. Two frames in flight, so the network and the server's engine overlap.
 (() => {
   "use strict";
 
@@ -17,14 +18,21 @@
   const LONG_SIDES = [640, 480, 384, 288];
   const FRAME_TIMEOUT_MS = 5000;
   const JPEG_QUALITY = 0.72;
+  // While the server runs one frame the next is already on its way; the server keeps only the
+  // latest waiting frame per client, so a third would only replace the second.
+  const MAX_IN_FLIGHT = 2;
+  // "labels": the server sends class indices as a PNG and this page paints them (opacity changes
+  // need no round trip); "jpeg": the server sends the finished overlay (?form=jpeg, for comparison).
+  const FORM = new URLSearchParams(location.search).get("form") === "jpeg" ? "jpeg" : "labels";
 
   const state = {
     info: null, socket: null, stream: null,
     task: "parts", view: "overlay", facing: "environment", opacity: 0.6,
-    nextId: 1, inFlight: null, sideIndex: 0, rttAvg: null, resultTimes: [], lastUrl: null,
+    nextId: 1, inFlight: [], sideIndex: 0, rttAvg: null, resultTimes: [], shown: null, form: FORM,
   };
   const canvas = document.createElement("canvas");
   const context = canvas.getContext("2d", { alpha: false });
+  const view = ui.overlay.getContext("2d", { alpha: false });
 
   function showMessage(title, body, retry) {
     ui.messageTitle.textContent = title;
@@ -106,6 +114,7 @@
   ui.opacity.oninput = () => {
     state.opacity = Number(ui.opacity.value) / 100;
     ui.opacityValue.textContent = `${ui.opacity.value}%`;
+    draw(); // label results are blended here: the new opacity shows at once
   };
   ui.flip.onclick = () => {
     state.facing = state.facing === "environment" ? "user" : "environment";
@@ -152,40 +161,124 @@
     else if (state.rttAvg < 110 && state.sideIndex > 0) { state.sideIndex--; state.rttAvg = null; }
   }
 
+  function forget(entry) {
+    if (entry && entry.frame && entry.frame.close) entry.frame.close();
+  }
+
   function pump() {
     const socket = state.socket;
     if (!socket || !socket.connected || !state.info) return;
-    if (state.inFlight && performance.now() - state.inFlight.sentAt < FRAME_TIMEOUT_MS) return;
+    const now = performance.now();
+    state.inFlight = state.inFlight.filter((entry) => {
+      const alive = now - entry.sentAt < FRAME_TIMEOUT_MS;
+      if (!alive) forget(entry);
+      return alive;
+    });
+    if (state.inFlight.length >= MAX_IN_FLIGHT) return;
     const video = ui.video;
     if (!video.videoWidth || video.readyState < 2) return;
     const scale = Math.min(1, LONG_SIDES[state.sideIndex] / Math.max(video.videoWidth, video.videoHeight));
     canvas.width = Math.round(video.videoWidth * scale);
     canvas.height = Math.round(video.videoHeight * scale);
     context.drawImage(video, 0, 0, canvas.width, canvas.height);
-    const frame = { id: state.nextId++, task: state.task, view: state.view, opacity: state.opacity };
-    state.inFlight = { id: frame.id, sentAt: performance.now() };
+    const frame = { id: state.nextId++, task: state.task, view: state.view, opacity: state.opacity, form: state.form };
+    const entry = { id: frame.id, sentAt: now, frame: null };
+    state.inFlight.push(entry);
+    // Keep the very pixels that were sent: the labels are drawn over them, not over a later frame.
+    if (state.form === "labels") createImageBitmap(canvas).then((bitmap) => { entry.frame = bitmap; });
     canvas.toBlob(async (blob) => {
-      if (!blob) { state.inFlight = null; return; }
+      if (!blob) { state.inFlight = state.inFlight.filter((e) => e !== entry); return; }
       frame.image = await blob.arrayBuffer();
-      if (state.inFlight && state.inFlight.id === frame.id) socket.emit("frame", frame);
+      if (state.inFlight.includes(entry)) socket.emit("frame", frame);
     }, "image/jpeg", JPEG_QUALITY);
     ui.frameSize.textContent = `${canvas.width}×${canvas.height}`;
+    if (state.inFlight.length < MAX_IN_FLIGHT) setTimeout(pump, 30); // the next camera frame
   }
 
-  function onResult(result) {
-    const now = performance.now();
-    if (!state.inFlight || state.inFlight.id !== result.id) return; // a late answer to a timed-out frame
-    const rtt = now - state.inFlight.sentAt;
-    state.inFlight = null;
-    adaptFrameSize(rtt);
+  // Palette as 32-bit RGBA words (little-endian ABGR); background or nothing painted is transparent.
+  function lookupTable(result) {
+    const task = state.info.tasks[result.task];
+    const attention = result.view === "attention";
+    const colours = attention ? task.model.scale_colours : task.palette;
+    const table = new Uint32Array(256);
+    colours.forEach((c, i) => {
+      if (i > 0 || attention) table[i] = (255 << 24 | c[2] << 16 | c[1] << 8 | c[0]) >>> 0;
+    });
+    return table;
+  }
 
-    const url = URL.createObjectURL(new Blob([result.image], { type: "image/jpeg" }));
-    ui.overlay.onload = () => {
-      if (state.lastUrl) URL.revokeObjectURL(state.lastUrl);
-      state.lastUrl = url;
-      ui.overlay.classList.remove("hidden");
-    };
-    ui.overlay.src = url;
+  // The coloured label layer of one result, at the label map's size (its own canvas: results may
+  // be decoded while another is drawn).
+  async function paintLabels(result) {
+    const bitmap = await createImageBitmap(new Blob([result.labels], { type: "image/png" }),
+      { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+    const paint = document.createElement("canvas");
+    paint.width = bitmap.width;
+    paint.height = bitmap.height;
+    const paintContext = paint.getContext("2d", { willReadFrequently: true });
+    paintContext.drawImage(bitmap, 0, 0);
+    bitmap.close();
+    const pixels = paintContext.getImageData(0, 0, paint.width, paint.height);
+    const words = new Uint32Array(pixels.data.buffer);
+    const table = lookupTable(result);
+    for (let i = 0; i < words.length; i++) words[i] = table[words[i] & 255]; // grey PNG: R = class index
+    paintContext.putImageData(pixels, 0, 0);
+    return paint;
+  }
+
+  // The shown result: the sent frame with the painted labels blended at the current opacity, or
+  // the server's finished JPEG.
+  function draw() {
+    const shown = state.shown;
+    if (!shown) return;
+    if (ui.overlay.width !== shown.width || ui.overlay.height !== shown.height) {
+      ui.overlay.width = shown.width;
+      ui.overlay.height = shown.height;
+    }
+    view.globalAlpha = 1;
+    view.drawImage(shown.frame, 0, 0, shown.width, shown.height);
+    if (shown.form === "labels") {
+      view.globalAlpha = state.opacity;
+      view.drawImage(shown.paint, 0, 0, shown.width, shown.height);
+      view.globalAlpha = 1;
+    }
+    ui.overlay.classList.remove("hidden");
+  }
+
+  async function onResult(result) {
+    const now = performance.now();
+    const entry = state.inFlight.find((e) => e.id === result.id);
+    if (!entry) return; // a late answer to a timed-out frame
+    // Older frames still in flight were replaced on the server by this newer one: they never come back.
+    state.inFlight = state.inFlight.filter((e) => {
+      if (e.id < result.id) forget(e);
+      return e.id > result.id;
+    });
+    const rtt = now - entry.sentAt;
+    adaptFrameSize(rtt);
+    pump(); // the next frame leaves before this one is drawn
+
+    try {
+      let frame;
+      let paint = null;
+      if (result.form === "labels") {
+        frame = entry.frame || await createImageBitmap(canvas); // the snapshot is normally long ready
+        paint = await paintLabels(result);
+      } else {
+        forget(entry);
+        frame = await createImageBitmap(new Blob([result.image], { type: "image/jpeg" }));
+      }
+      const previous = state.shown;
+      if (previous && previous.id > result.id) { // a newer result was drawn while this one decoded
+        frame.close();
+      } else {
+        state.shown = { id: result.id, frame, paint, form: result.form, width: result.width, height: result.height };
+        draw();
+        if (previous) forget(previous);
+      }
+    } catch (error) {
+      toast(`Could not draw a result: ${error && error.message ? error.message : error}`);
+    }
 
     ui.cnnSeconds.textContent = (result.cnn_ms / 1000).toFixed(3);
     ui.timing.textContent = `(${result.timing})`;
@@ -195,11 +288,10 @@
     const fps = state.resultTimes.length > 1 && span > 0 ? (state.resultTimes.length - 1) / span : 0;
     ui.fps.textContent = `${fps.toFixed(1)} fps`;
     ui.rtt.textContent = `${Math.round(rtt)} ms round trip`;
-    pump();
   }
 
   function onServerError(error) {
-    if (error && state.inFlight && error.id === state.inFlight.id) state.inFlight = null;
+    if (error) state.inFlight = state.inFlight.filter((e) => e.id !== error.id || (forget(e), false));
     toast(`Server refused a frame: ${error && error.message ? error.message : "unknown error"}`);
     setTimeout(pump, 250); // don't hammer a server that keeps refusing
   }
@@ -208,7 +300,12 @@
     const token = new URLSearchParams(location.search).get("token");
     const socket = io({ auth: token ? { token } : {}, transports: ["websocket", "polling"], reconnectionDelayMax: 4000 });
     state.socket = socket;
-    socket.on("connect", () => { setConnection("online", "Live"); state.inFlight = null; pump(); });
+    socket.on("connect", () => {
+      setConnection("online", "Live");
+      state.inFlight.forEach(forget);
+      state.inFlight = [];
+      pump();
+    });
     socket.on("disconnect", () => setConnection("offline", "Offline"));
     socket.on("connect_error", (error) => {
       setConnection("offline", "Offline");

@@ -1,19 +1,25 @@
 #!/usr/bin/env python
 """Load test for the PartCam server: N simulated phones on loopback, each sending 640×480 JPEGs
-as fast as its results come back, for a fixed time.
+as fast as its results come back (one or two frames in flight), for a fixed time.
 
     python scripts/loadtest.py --clients 4 --seconds 60        # starts its own server (CPU default model)
+    python scripts/loadtest.py --form labels --in-flight 2      # the page's way: label PNGs, two in flight
+    python scripts/loadtest.py --idle 200                       # 200 idle connections besides the phone
+    python scripts/loadtest.py --stalled 1                      # plus a phone that never reads its results
+    python scripts/loadtest.py --clients 4 --seconds 600 --rss-every 10   # a soak run
     python scripts/loadtest.py --url http://127.0.0.1:8080 --server-pid 1234
 
 Prints per-client fps, round trip p50/p99, CNN ms, queue ms, server overhead
-(server_ms − cnn_ms − queue_ms: decode, preprocessing, colouring, encoding, hand-offs), dropped
-frames, errors, and the server's RSS after warm-up and at the end.
+(server_ms − cnn_ms − queue_ms: decode, preprocessing, colouring, encoding, hand-offs), how busy
+the engine was, bytes per result, dropped frames, errors, the server's RSS, and a table of where
+each frame's time went, step by step.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import sys
@@ -60,50 +66,55 @@ def synthetic_frames(count: int = 4, width: int = 640, height: int = 480, qualit
 
 @dataclass
 class ClientStats:
-    results: list[dict] = field(default_factory=list)  # each with an added "rtt_ms"
+    results: list[dict] = field(default_factory=list)  # each with an added "rtt_ms" and "bytes"
     errors: list[dict] = field(default_factory=list)
     timeouts: int = 0
+    replaced: int = 0  # frames in flight that a newer frame replaced on the server
 
 
-def run_client(url: str, token: str | None, frames: list[bytes], task: str, view: str, warmup_end: float,
-               stop_at: float, stats: ClientStats) -> None:
+def run_client(url: str, token: str | None, frames: list[bytes], task: str, view: str, form: str, in_flight: int,
+               warmup_end: float, stop_at: float, stats: ClientStats) -> None:
+    """One phone: keeps up to ``in_flight`` frames on their way; a result answers its frame and
+    retires older ones still in flight (the server kept only the latest)."""
     client = socketio.Client(reconnection=False)
-    answered = threading.Event()
-    reply: dict = {}
+    changed = threading.Condition()
+    outstanding: dict[int, tuple[float, float]] = {}  # id → (perf_counter, monotonic) when sent
 
-    @client.on("result")
-    def on_result(message):
-        reply["result"] = message
-        answered.set()
+    def record(message: dict, is_error: bool) -> None:
+        now = time.perf_counter()
+        with changed:
+            sent = outstanding.pop(message.get("id"), None)
+            for older in [i for i in outstanding if i < message.get("id", 0)]:
+                del outstanding[older]
+                stats.replaced += 1
+            changed.notify()
+        if sent is None or sent[1] < warmup_end:
+            return
+        if is_error:
+            stats.errors.append(message)
+            return
+        result = dict(message)
+        payload = result.pop("image", None) or result.pop("labels", None) or b""
+        result["bytes"] = len(payload)
+        result["rtt_ms"] = (now - sent[0]) * 1000.0
+        stats.results.append(result)
 
-    @client.on("error")
-    def on_error(message):
-        reply["error"] = message
-        answered.set()
-
+    client.on("result", lambda message: record(message, False))
+    client.on("error", lambda message: record(message, True))
     client.connect(url, transports=["websocket"], auth={"token": token} if token else None, wait_timeout=30)
     frame_id = 0
     try:
         while time.monotonic() < stop_at:
-            frame_id += 1
-            reply.clear()
-            answered.clear()
-            sent = time.perf_counter()
-            sent_mono = time.monotonic()
-            client.emit("frame", {"id": frame_id, "task": task, "view": view, "image": frames[frame_id % len(frames)]})
-            if not answered.wait(timeout=30):
-                stats.timeouts += 1
-                continue
-            rtt_ms = (time.perf_counter() - sent) * 1000.0
-            if sent_mono < warmup_end:
-                continue
-            if "error" in reply:
-                stats.errors.append(reply["error"])
-            else:
-                result = dict(reply["result"])
-                result.pop("image", None)
-                result["rtt_ms"] = rtt_ms
-                stats.results.append(result)
+            with changed:
+                if not changed.wait_for(lambda: len(outstanding) < in_flight, timeout=30):
+                    stats.timeouts += len(outstanding)
+                    outstanding.clear()
+                frame_id += 1
+                outstanding[frame_id] = (time.perf_counter(), time.monotonic())
+            client.emit("frame", {"id": frame_id, "task": task, "view": view, "form": form,
+                                  "image": frames[frame_id % len(frames)]})
+        with changed:  # let the last answers in, so they are not counted as lost
+            changed.wait_for(lambda: not outstanding, timeout=10)
     finally:
         client.disconnect()
 
@@ -124,6 +135,22 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+STAGES = (  # (label, how to get it from a result)
+    ("queue wait", lambda r: r["queue_ms"]),
+    ("decode", lambda r: r["stages"]["decode_ms"]),
+    ("preprocess", lambda r: r["stages"]["preprocess_ms"]),
+    ("engine: CNN", lambda r: r["cnn_ms"]),
+    ("engine: runtime call beyond the CNN", lambda r: r["stages"]["forward_ms"] - r["cnn_ms"]),
+    ("labels at the frame's size", lambda r: r["stages"]["labels_ms"]),
+    ("colour + encode", lambda r: r["stages"]["encode_ms"]),
+    ("hand-offs (dispatcher, worker thread, emit)", lambda r: r["server_ms"] - r["queue_ms"] - sum(
+        r["stages"][k] for k in ("decode_ms", "preprocess_ms", "forward_ms", "labels_ms", "encode_ms"))),
+    ("server total (receive → emit)", lambda r: r["server_ms"]),
+    ("network + client (round trip − server)", lambda r: r["rtt_ms"] - r["server_ms"]),
+    ("round trip", lambda r: r["rtt_ms"]),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=1)
@@ -136,7 +163,16 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, help="network input size for the server this script starts")
     parser.add_argument("--task", default="parts")
     parser.add_argument("--view", default="overlay", choices=("overlay", "attention"))
+    parser.add_argument("--form", default="jpeg", choices=("jpeg", "labels"),
+                        help="result form: the overlay JPEG, or the label PNG the page paints itself")
+    parser.add_argument("--in-flight", type=int, default=1, choices=(1, 2), help="frames each phone keeps in flight")
+    parser.add_argument("--idle", type=int, default=0, help="idle Socket.IO connections held open besides the phones")
+    parser.add_argument("--stalled", type=int, default=0,
+                        help="phones that send 30 frames/s and never read their results")
+    parser.add_argument("--rss-every", type=float, default=0.0, help="sample the server's RSS every N seconds")
     args, server_args = parser.parse_known_args()
+
+    from server.rawsocket import IdleCrowd, StalledSender
 
     with ExitStack() as stack:
         if args.url:
@@ -152,32 +188,51 @@ def main() -> None:
                 raise SystemExit(str(error)) from None
             url, pid = server.url, server.process.pid
         with urllib.request.urlopen(f"{url}/api/info", timeout=10) as response:
-            import json
-
             info = json.load(response)
         frames = synthetic_frames()
         rss_idle = rss_mb(pid)
+        if args.idle:
+            crowd = IdleCrowd(url, args.idle, args.token)
+            stack.callback(crowd.close)
+            print(f"{args.idle} idle connections open; server RSS {rss_mb(pid)} MB", file=sys.stderr)
+        stalled = [StalledSender(url, frames, token=args.token, receive_buffer=64 * 1024)
+                   for _ in range(args.stalled)]
+        for sender in stalled:
+            stack.callback(sender.close)
         start = time.monotonic()
         warmup_end = start + args.warmup
         stop_at = warmup_end + args.seconds
         stats = [ClientStats() for _ in range(args.clients)]
-        threads = [threading.Thread(target=run_client, args=(url, args.token, frames, args.task, args.view,
-                                                             warmup_end, stop_at, s), daemon=True) for s in stats]
+        threads = [threading.Thread(target=run_client, args=(url, args.token, frames, args.task, args.view, args.form,
+                                                             args.in_flight, warmup_end, stop_at, s), daemon=True)
+                   for s in stats]
         for thread in threads:
             thread.start()
         time.sleep(max(0.0, warmup_end - time.monotonic()))
         rss_before = rss_mb(pid)
-        for thread in threads:
-            thread.join()
+        samples: list[tuple[float, float | None]] = []
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(timeout=args.rss_every or None)
+                if args.rss_every:
+                    samples.append((time.monotonic() - warmup_end, rss_mb(pid)))
+                    break
         rss_after = rss_mb(pid)
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+            health = json.load(response)
+        stalled_sent = sum(sender.sent for sender in stalled)
 
     results = [r for s in stats for r in s.results]
+    if not results:
+        raise SystemExit(f"no results measured; errors: {[e for s in stats for e in s.errors][:3]}")
     rtt = [r["rtt_ms"] for r in results]
     cnn = [r["cnn_ms"] for r in results]
     queue = [r["queue_ms"] for r in results]
     overhead = [r["server_ms"] - r["cnn_ms"] - r["queue_ms"] for r in results]
     beyond_cnn = [r["rtt_ms"] - r["cnn_ms"] for r in results]
     fps = [len(s.results) / args.seconds for s in stats]
+    sizes = [r["bytes"] for r in results]
+    busy = sum(cnn) / (args.seconds * 1000.0)  # share of the measured time the engine ran the CNN
     errors = sum(len(s.errors) for s in stats) + sum(s.timeouts for s in stats)
     model = info["tasks"][args.task]["model"]
     load = os.getloadavg()
@@ -185,20 +240,38 @@ def main() -> None:
     def fmt(value: float | None, unit: str = "") -> str:
         return "n/a" if value is None else f"{value:.1f}{unit}"
 
+    extras = ", ".join(x for x in (f"{args.idle} idle connections" if args.idle else "",
+                                   f"{args.stalled} stalled sender(s), {stalled_sent} frames sent unread"
+                                   if args.stalled else "") if x)
     print(f"\nPartCam load test: {args.clients} client(s), {args.seconds:.0f} s measured after {args.warmup:.0f} s "
-          f"warm-up, {args.task}/{args.view}, 640×480 JPEG frames of {statistics.mean(map(len, frames)) / 1024:.0f} KB")
+          f"warm-up, {args.task}/{args.view}, result form {args.form}, {args.in_flight} in flight, 640×480 JPEG "
+          f"frames of {statistics.mean(map(len, frames)) / 1024:.0f} KB{'; ' + extras if extras else ''}")
     print(f"server: {model['engine']} on {info['device']}, input {model['input_size']} px, scales {model['scales']}, "
           f"merge {model['merge']}, trained={model['trained']}; load average at end {load[0]:.2f} {load[1]:.2f}")
     print()
-    print("| clients | fps per client (mean, min) | round trip p50 / p99 ms | CNN ms p50 | queue ms p50 "
-          "| server overhead ms p50 / p99 | round trip − CNN ms p50 | dropped | errors | RSS MB after warm-up → end |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.clients} | {statistics.mean(fps):.1f}, {min(fps):.1f} | {percentile(rtt, 50):.1f} / "
-          f"{percentile(rtt, 99):.1f} | {percentile(cnn, 50):.1f} | {percentile(queue, 50):.1f} | "
-          f"{percentile(overhead, 50):.1f} / {percentile(overhead, 99):.1f} | {percentile(beyond_cnn, 50):.1f} | "
+    print("| clients | form | in flight | fps per client (mean, min) | round trip p50 / p99 ms | CNN ms p50 "
+          "| queue ms p50 | server overhead ms p50 / p99 | round trip − CNN ms p50 | engine busy | KB per result p50 "
+          "| dropped | errors | RSS MB after warm-up → end |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.clients} | {args.form} | {args.in_flight} | {statistics.mean(fps):.1f}, {min(fps):.1f} | "
+          f"{percentile(rtt, 50):.1f} / {percentile(rtt, 99):.1f} | {percentile(cnn, 50):.1f} | "
+          f"{percentile(queue, 50):.1f} | {percentile(overhead, 50):.1f} / {percentile(overhead, 99):.1f} | "
+          f"{percentile(beyond_cnn, 50):.1f} | {busy:.0%} | {percentile(sizes, 50) / 1024:.1f} | "
           f"{sum(r['dropped'] for r in results)} | {errors} | {fmt(rss_before)} → {fmt(rss_after)} "
           f"({'n/a' if rss_before is None or rss_after is None else f'{rss_after - rss_before:+.1f}'}) |")
-    print(f"\nframes measured: {len(results)}; RSS before any traffic: {fmt(rss_idle, ' MB')}")
+    print("\n| step | ms p50 | ms p90 | ms p99 |")
+    print("|---|---|---|---|")
+    for label, get in STAGES:
+        values = [get(r) for r in results]
+        print(f"| {label} | " + " | ".join(f"{percentile(values, q):.2f}" for q in (50, 90, 99)) + " |")
+    print(f"\nframes measured: {len(results)}; replaced in flight: {sum(s.replaced for s in stats)}; "
+          f"RSS before any traffic: {fmt(rss_idle, ' MB')}; server health at end: {health}")
+    if samples:
+        known = [(t, v) for t, v in samples if v is not None]
+        if known:
+            low, high = min(v for _, v in known), max(v for _, v in known)
+            print(f"RSS samples every {args.rss_every:g} s: min {low:.1f} MB, max {high:.1f} MB, "
+                  f"first {known[0][1]:.1f} → last {known[-1][1]:.1f} MB ({known[-1][1] - known[0][1]:+.1f})")
     if errors:
         print("errors:", [e for s in stats for e in s.errors][:5], f"timeouts: {sum(s.timeouts for s in stats)}")
 

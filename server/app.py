@@ -124,6 +124,7 @@ class PartCamServer:
         self.socketio = SocketIO(self.app, async_mode=settings.async_mode,
                                  max_http_buffer_size=settings.max_message_bytes)
         self.clients: set[str] = set()
+        self.unread_drops = 0  # frames and results dropped because their client was not reading
         eio = self.socketio.server.eio
         self.service = InferenceService(
             self.engines, deliver=self._deliver, spawn=self.socketio.start_background_task,
@@ -187,7 +188,8 @@ class PartCamServer:
         @app.get("/healthz")
         def healthz():
             return jsonify({"status": "ok", "clients": len(self.clients), "waiting_frames": len(self.service.queue),
-                            "frames_done": self.service.frames_done, "errors": self.service.errors})
+                            "frames_done": self.service.frames_done, "errors": self.service.errors,
+                            "unread_drops": self.unread_drops})
 
         @app.post("/api/parse")
         def api_parse():
@@ -282,13 +284,30 @@ class PartCamServer:
             except FrameError as error:
                 emit("error", _error_payload(frame_id, error))
                 return
+            if self._backlog(request.sid) >= MAX_UNSENT:
+                # This client is not reading what we send (a stalled page, a dead link): running its
+                # frames would only take engine time from the others and pile results up here.
+                self.unread_drops += 1
+                return
             self.service.submit(FrameJob(request.sid, frame_id, task, view, opacity, data, received=received,
                                          form=form))
+
+    def _backlog(self, sid: str) -> int:
+        """Messages queued for ``sid`` that its connection has not taken yet (0 when unknown)."""
+        server = self.socketio.server
+        try:
+            socket = server.eio.sockets.get(server.manager.eio_sid_from_sid(sid, "/"))
+            return socket.queue.qsize() if socket is not None else 0
+        except Exception:  # the test client and some transports have no such queue
+            return 0
 
     def _deliver(self, outcome: Outcome) -> None:
         sid = outcome.job.sid
         if sid not in self.clients:
             return  # the client left while its frame was running
+        if self._backlog(sid) >= MAX_UNSENT:
+            self.unread_drops += 1  # memory stays bounded for a client that does not read
+            return
         if outcome.error is not None:
             self.socketio.emit("error", _error_payload(outcome.job.frame_id, outcome.error), to=sid)
             return
@@ -308,6 +327,9 @@ def _error_payload(frame_id: Any, error: FrameError) -> dict:
 HTTP_STATUS = {"unauthorized": 401, "image_too_large": 413, "image_dimensions_too_large": 413,
                "internal_error": 500, "busy": 503}
 HTTP_PARSE_TIMEOUT_S = 60.0
+# Results a client may leave unread before its new frames and results are dropped: one being
+# written plus one more; a page that reads its results never gets near this.
+MAX_UNSENT = 2
 
 
 def _http_error(error: FrameError) -> Response:

@@ -30,6 +30,24 @@ def wait_for_fresh_results(page) -> None:
     page.wait_for_timeout(300)
 
 
+# Sets the opacity slider, then compares the drawn result with the frame it was computed on (mean
+# absolute difference per channel), all in one synchronous step so no new result slips in between.
+OPACITY_DIFF = """(percent) => {
+  const slider = document.getElementById("opacity");
+  slider.value = String(percent);
+  slider.dispatchEvent(new Event("input"));
+  const shown = window.partcam.shown, canvas = document.getElementById("overlay");
+  const ref = document.createElement("canvas");
+  ref.width = canvas.width; ref.height = canvas.height;
+  ref.getContext("2d").drawImage(shown.frame, 0, 0, canvas.width, canvas.height);
+  const a = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  const b = ref.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) if (i % 4 !== 3) sum += Math.abs(a[i] - b[i]);
+  return { form: shown.form, width: canvas.width, height: canvas.height, diff: sum / (3 * a.length / 4) };
+}"""
+
+
 def test_page_shows_live_overlays_readout_and_legend(live_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -64,6 +82,14 @@ def test_page_shows_live_overlays_readout_and_legend(live_server, tmp_path):
             first = page.evaluate("window.partcam.nextId")
             page.wait_for_function(f"window.partcam.nextId > {first + 2}", timeout=30_000)
             expect(page.locator("#fps")).to_have_text(re.compile(r"^\d+\.\d fps$"))
+
+            # The page asks for label maps and paints them itself over the frame it sent, so the
+            # opacity slider works without a round trip: 0% shows the frame as sent, 100% the colours.
+            clear = page.evaluate(OPACITY_DIFF, 0)
+            assert clear["form"] == "labels" and (clear["width"], clear["height"]) == (640, 480)
+            assert clear["diff"] < 0.5
+            assert page.evaluate(OPACITY_DIFF, 100)["diff"] > 10
+            page.evaluate(OPACITY_DIFF, 60)
 
             page.get_by_role("radio", name="Clothes").click()
             expect(page.locator("#legend li")).to_have_text(list(TASKS["clothes"].classes[1:]))

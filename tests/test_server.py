@@ -56,6 +56,21 @@ def test_round_trip_with_a_real_jpeg(server, jpeg_frame):
     assert result["server_ms"] >= result["cnn_ms"] + result["queue_ms"]
 
 
+def test_label_form_carries_class_indices_at_the_frame_size(server, jpeg_frame):
+    client = server.socketio.test_client(server.app)
+    client.emit("frame", {"id": 8, "task": "parts", "image": jpeg_frame, "form": "labels"})
+    [result] = wait_for(client, "result")
+    assert result["form"] == "labels" and "image" not in result
+    labels = Image.open(io.BytesIO(result["labels"]))
+    assert labels.format == "PNG" and labels.mode == "L" and labels.size == (160, 120)
+    assert np.asarray(labels).max() < len(TASKS["parts"].classes)
+    assert set(result["stages"]) >= {"decode_ms", "preprocess_ms", "forward_ms", "labels_ms", "encode_ms"}
+    client.emit("frame", {"id": 9, "task": "clothes", "image": jpeg_frame, "form": "labels", "view": "attention"})
+    [result] = wait_for(client, "result")
+    scales = np.asarray(Image.open(io.BytesIO(result["labels"])))  # the winning scale per pixel
+    assert scales.shape == (120, 160) and scales.max() < 3
+
+
 def test_attention_view_and_clothes_task(server, jpeg_frame):
     client = server.socketio.test_client(server.app)
     client.emit("frame", {"id": 1, "task": "clothes", "image": jpeg_frame, "view": "attention", "opacity": 1.0})
@@ -95,6 +110,7 @@ def _png_header_claiming(width: int, height: int) -> bytes:
     ({"id": 3, "task": "faces", "image": b"x"}, "unknown_task"),
     ({"id": 3, "task": "parts", "image": b"x", "view": "x-ray"}, "invalid_frame"),
     ({"id": 3, "task": "parts", "image": b"x", "opacity": "half"}, "invalid_frame"),
+    ({"id": 3, "task": "parts", "image": b"x", "form": "gif"}, "invalid_frame"),
     ({"id": 3, "task": "parts"}, "invalid_frame"),  # no image
     ({"id": 3, "task": "parts", "image": "aGVsbG8="}, "invalid_frame"),  # text, not bytes
     ({"id": 3, "task": "parts", "image": [1, 2, 3]}, "invalid_frame"),
