@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a PartCam checkpoint (repeat); default: models/parts and models/clothes")
     parser.add_argument("--name", action="append", default=None, help="a table name per --checkpoint, in order")
     parser.add_argument("--engine", default="cpu", help="engine backend (default cpu)")
+    parser.add_argument("--input-size", type=int, default=None, help="network input size (default: each checkpoint's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", nargs="+", default=None, help="only these benchmark images")
     parser.add_argument("--reference-model", choices=MODEL_VARIANTS, default="heavy",
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     predictors, tasks, timings = {}, {}, {}
     for name, path in zip(names, checkpoints):
-        engine = create_engine(path, args.engine)
+        engine = create_engine(path, args.engine, args.input_size)
         tasks[name] = engine.task
         timings[name] = []
 

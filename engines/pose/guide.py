@@ -29,24 +29,31 @@ class PoseGuideConfig:
     """How the guide runs; stored in checkpoints as ``pose_guide``."""
 
     model: str = "movenet-multipose"
-    input_size: int = 320  # MoveNet's input, a multiple of 32; the frame's letterbox is resized to it
+    # MoveNet's input sizes (multiples of 32): the frame's letterbox is resized to each and the
+    # people of all passes are pooled. A large size finds small people; a small one finds people
+    # so close that they overflow the large pass's view of them.
+    input_sizes: tuple[int, ...] = (448, 256)
     mode: str = "fused"  # "fused" (network + skeleton) or "rules" (skeleton only, inside the gate)
     weight: float = 2.0  # fused: nats of part score per radius of distance from a part's shape
     reach: float = 2.0  # person pixels further than this many radii from every skeleton: background
     fill: float = 0.0  # pixels within this many radii of a skeleton's shapes: person, whatever the gate says
+    prior_stride: int = 4  # the skeleton priors are drawn at 1/prior_stride of the input, then upsampled
     keypoint_threshold: float = 0.3
     person_threshold: float = 0.2
 
     def __post_init__(self) -> None:
         if self.model != "movenet-multipose":
             raise ValueError(f"unknown pose model {self.model!r}; valid: movenet-multipose")
-        if self.input_size % 32 or self.input_size < 64:
-            raise ValueError(f"pose input_size must be a multiple of 32 and at least 64, got {self.input_size}")
+        object.__setattr__(self, "input_sizes", tuple(int(v) for v in self.input_sizes))
+        if not self.input_sizes or any(v % 32 or v < 64 for v in self.input_sizes):
+            raise ValueError(f"pose input_sizes must be multiples of 32, at least 64, got {self.input_sizes}")
         if self.mode not in ("fused", "rules"):
             raise ValueError(f"unknown pose fusion mode {self.mode!r}; valid: fused, rules")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["input_sizes"] = list(self.input_sizes)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> PoseGuideConfig:
@@ -84,19 +91,24 @@ class PoseGuide(nn.Module):
         return self
 
     def skeletons(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """MoveNet's people for the normalised input ``x`` (N×3×S×S letterboxed frames)."""
-        pixels = (x * self.std + self.mean).index_select(1, self.order)
-        size = self.config.input_size
-        if tuple(pixels.shape[-2:]) != (size, size):
-            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False,
-                                   antialias=size < pixels.shape[-1])
-        return self.pose(pixels.clamp(0, 255))
+        """MoveNet's people for the normalised input ``x`` (N×3×S×S letterboxed frames), pooled
+        over the configured input sizes: keypoints (N, 6·passes, 17, 3), boxes (N, 6·passes, 5)."""
+        pixels = (x * self.std + self.mean).index_select(1, self.order).clamp(0, 255)
+        passes = []
+        for size in self.config.input_sizes:
+            view = pixels
+            if tuple(view.shape[-2:]) != (size, size):
+                # Plain bilinear: antialiasing would cost more than it gives at these mild ratios.
+                view = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+            passes.append(self.pose(view))
+        return {key: torch.cat([p[key] for p in passes], dim=1) for key in ("keypoints", "boxes")}
 
     def forward(self, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
         """Gated log-probabilities (N×C×S×S, the input's size) → pose-guided log-probabilities."""
         people = self.skeletons(x)
         return fuse(gated, people["keypoints"], self.task, mode=self.config.mode, weight=self.config.weight,
-                    reach=self.config.reach, fill=self.config.fill, person_scores=people["boxes"][..., 4],
+                    reach=self.config.reach, fill=self.config.fill, prior_stride=self.config.prior_stride,
+                    person_scores=people["boxes"][..., 4],
                     threshold=self.config.keypoint_threshold, min_person_score=self.config.person_threshold)
 
 

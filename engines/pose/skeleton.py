@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 # COCO-17 keypoint order, as MoveNet and most pose models give it.
 NOSE, LEFT_EYE, RIGHT_EYE, LEFT_EAR, RIGHT_EAR = 0, 1, 2, 3, 4
@@ -96,6 +97,11 @@ def _person_scale(xy: Tensor, seen: Tensor) -> Tensor:
 # The segments every person is drawn with, in this order; _REGION_SLICES says which belong to
 # which region. Computing all of them in one batched expression keeps the op count small.
 _REGION_SLICES = (slice(0, 1), slice(1, 5), slice(5, 7), slice(7, 9), slice(9, 11), slice(11, 13), slice(13, 15))
+_TORSO_MIDLINE = 15
+# Inside the torso polygon, the torso's distance is its distance from a band this wide (in
+# scales) around the midline: at the polygon's sides, where a hanging upper arm overlaps it, the
+# arm's capsule then wins.
+_TORSO_CORE = 0.22
 
 
 def _segments(xy: Tensor, seen: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -151,11 +157,15 @@ def _segments(xy: Tensor, seen: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, 
         starts.append(a)
         ends.append(b + extend * (b - a))
         valid.append(both(start, end))
-    for knee, ankle in FEET:  # from the ankle a quarter of a shin on, where the foot is
-        a = at(ankle)
-        starts.append(a)
-        ends.append(a + 0.25 * (a - at(knee)))
+    for knee, ankle in FEET:  # around the ankle and a third of a shin on: the foot, and a shoe's top
+        a, shin = at(ankle), at(ankle) - at(knee)
+        starts.append(a - 0.1 * shin)
+        ends.append(a + 0.3 * shin)
         valid.append(both(knee, ankle))
+    # The torso's midline, from the middle of its top edge to the middle of its bottom edge.
+    starts.append((corners[..., 0, :] + corners[..., 1, :]) / 2)
+    ends.append((corners[..., 2, :] + corners[..., 3, :]) / 2)
+    valid.append(torso_ok)
     return torch.stack(starts, -2), torch.stack(ends, -2), torch.stack(valid, -1), torso_ok
 
 
@@ -193,7 +203,8 @@ def region_distances(keypoints: Tensor, height: int, width: int, *, threshold: f
     for region, part in enumerate(_REGION_SLICES):
         nearest = distance[:, :, part].amin(2)
         if region == TORSO:
-            nearest = torch.where(inside, torch.zeros_like(nearest), nearest)
+            core = (distance[:, :, _TORSO_MIDLINE] - _TORSO_CORE * scale[..., None, None]).clamp_min(0.0)
+            nearest = torch.where(inside, core, nearest)
         regions.append(nearest / (RADIUS[region] * scale)[..., None, None])
     return torch.stack(regions, dim=2)
 
@@ -241,22 +252,21 @@ def fuse(gated: Tensor, keypoints: Tensor, task: str, *, mode: str = "fused", we
     ``mode`` "rules" or "fused" (see the module docstring). ``reach``: person pixels further than
     this many radii from every region of every person become background. ``fill``: pixels within
     this many radii of a region are person even where the gate says not (small people the gate
-    misses); 0 leaves the person/background decision to the gate. The prior is drawn at
-    1/``prior_stride`` of the resolution and upsampled (smooth, so nothing is lost).
-    Returns log-probabilities of the same shape.
+    misses); 0 leaves the person/background decision to the gate.
+
+    The fusion runs on a grid ``prior_stride`` times coarser than ``gated`` (its log-probabilities
+    average-pooled), and returns log-probabilities on that grid: the engines upsample scores before
+    the argmax, so borders stay smooth, and the work drops by ``prior_stride``².
     """
     if mode not in ("rules", "fused"):
         raise KeyError(f"unknown pose fusion mode {mode!r}; valid: rules, fused")
+    if prior_stride > 1:
+        gated = torch.log_softmax(F.avg_pool2d(gated, prior_stride, prior_stride, ceil_mode=True), dim=1)
     _, classes, height, width = gated.shape
-    low_h, low_w = max(1, height // prior_stride), max(1, width // prior_stride)
-    distances = region_prior(keypoints, low_h, low_w, threshold=threshold, person_scores=person_scores,
+    distances = region_prior(keypoints, height, width, threshold=threshold, person_scores=person_scores,
                              min_person_score=min_person_score)
     prior = class_prior(distances, task)  # (B, C−1, h, w)
     nearest = distances.amin(1, keepdim=True)  # (B, 1, h, w)
-    if (low_h, low_w) != (height, width):
-        prior = torch.nn.functional.interpolate(prior, size=(height, width), mode="bilinear", align_corners=False)
-        nearest = torch.nn.functional.interpolate(nearest, size=(height, width), mode="bilinear",
-                                                  align_corners=False)
     log_background = gated[:, :1]
     log_person = torch.logaddexp(gated[:, 1:].logsumexp(1, keepdim=True), torch.full_like(log_background, -1e4))
     parts_given_person = gated[:, 1:] - log_person
@@ -278,4 +288,8 @@ def fuse(gated: Tensor, keypoints: Tensor, task: str, *, mode: str = "fused", we
     parts = torch.log_softmax(scores, dim=1)
     person = log_person + log_near
     background = torch.log1p(-person.exp().clamp(max=1 - 1e-6))
-    return torch.cat([background, person + parts], dim=1)
+    guided = torch.cat([background, person + parts], dim=1)
+    # A frame where the pose model found no one (a face too close for it, say) keeps the
+    # network's own answer rather than losing its people.
+    found = (nearest.amin(dim=(1, 2, 3)) < reach).view(-1, 1, 1, 1)
+    return torch.where(found, guided, gated)
