@@ -76,12 +76,16 @@ class MultiScaleSegmenter(nn.Module):
         fused, attention = self.merge(features, logits)
         if self.refiner is not None:  # the merged scores, sharpened at stride 4 by scale 1's early features
             fused = self.refiner(fused, outputs[0]["detail"])
-        if self.person_gate is not None and not self.training:
-            fused = self.person_gate(x, fused)  # log-probabilities at the input's size
         if self.pose_guide is not None and not self.training:
-            if self.person_gate is None:  # the guide works on log-probabilities at the input's size
-                fused = torch.log_softmax(_resize(fused, x.shape[-2:]), dim=1)
+            # The guide fuses on its own coarser grid: gate straight onto it, not the input's size.
+            grid = self.pose_guide.grid(x)
+            if self.person_gate is not None:
+                fused = self.person_gate(x, fused, size=grid)
+            else:
+                fused = torch.log_softmax(_resize(fused, grid), dim=1)
             fused = self.pose_guide(x, fused)
+        elif self.person_gate is not None and not self.training:
+            fused = self.person_gate(x, fused)  # log-probabilities at the input's size
         result: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"logits": fused, "attention": attention}
         if self.training:
             result["scale_logits"] = logits

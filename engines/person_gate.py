@@ -43,12 +43,15 @@ class PersonGate(nn.Module):
         pixels = (x * self.std + self.mean).index_select(1, self.order) / 255.0
         return self.segmenter(pixels)["mask"]
 
-    def forward(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Gated log-probabilities at the input's size (background is class 0)."""
-        size = x.shape[-2:]
+    def forward(self, x: torch.Tensor, logits: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Gated log-probabilities (background is class 0) at ``size``, by default the input's."""
+        size = tuple(size) if size is not None else tuple(x.shape[-2:])
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         person = self.person_logit(x)
         if person.shape[-2:] != size:
-            person = F.interpolate(person, size=size, mode="bilinear", align_corners=False)
+            # Shrinking averages (the mask's detail is not lost to aliasing); growing interpolates.
+            shrink = person.shape[-2] > size[0]
+            person = F.adaptive_avg_pool2d(person, size) if shrink else F.interpolate(
+                person, size=size, mode="bilinear", align_corners=False)
         parts = torch.log_softmax(logits[:, 1:], dim=1)
         return torch.cat([F.logsigmoid(-person), F.logsigmoid(person) + parts], dim=1)

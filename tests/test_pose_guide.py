@@ -63,8 +63,10 @@ def test_rules_head_torso_hands_feet_and_far_background():
     assert CLOTHES.classes[clothes[150, 100 - 14]] in ("lower clothes", "head & skin")
 
 
-def test_no_skeleton_means_no_person_and_an_unseen_limb_has_no_shape():
-    assert (rules_labels(keypoints(score=0.1)) == 0).all()  # below the keypoint threshold
+def test_a_frame_without_skeletons_keeps_the_network_answer_and_an_unseen_limb_has_no_shape():
+    gated = torch.log_softmax(torch.randn(1, 7, H, W), 1)
+    unseen = keypoints(score=0.1)  # every keypoint below the threshold: nobody found
+    assert torch.equal(fuse(gated, unseen, "parts", prior_stride=1), gated)
     without_left_forearm = {k: v for k, v in PERSON.items() if k not in (9,)}
     distances = region_distances(keypoints(without_left_forearm), H, W)
     lower_arms = distances[0, 0, REGIONS.index("lower arms")]

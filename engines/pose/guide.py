@@ -103,11 +103,17 @@ class PoseGuide(nn.Module):
             passes.append(self.pose(view))
         return {key: torch.cat([p[key] for p in passes], dim=1) for key in ("keypoints", "boxes")}
 
+    def grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The grid the fusion runs on for input ``x``: ``prior_stride`` times coarser, rounded up."""
+        stride = self.config.prior_stride
+        return -(-int(x.shape[-2]) // stride), -(-int(x.shape[-1]) // stride)
+
     def forward(self, x: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
-        """Gated log-probabilities (N×C×S×S, the input's size) → pose-guided log-probabilities."""
+        """Gated log-probabilities on :meth:`grid` (or the input's size) → pose-guided ones on the grid."""
         people = self.skeletons(x)
+        stride = 1 if tuple(gated.shape[-2:]) == self.grid(x) else self.config.prior_stride
         return fuse(gated, people["keypoints"], self.task, mode=self.config.mode, weight=self.config.weight,
-                    reach=self.config.reach, fill=self.config.fill, prior_stride=self.config.prior_stride,
+                    reach=self.config.reach, fill=self.config.fill, prior_stride=stride,
                     person_scores=people["boxes"][..., 4],
                     threshold=self.config.keypoint_threshold, min_person_score=self.config.person_threshold)
 
