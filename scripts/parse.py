@@ -175,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from engines.shipped import load_default_engine
+    from engines.shipped import load_default_engine, settle_glue_threads
     from engines.tasks import TASKS
 
     engine = load_default_engine(args.task, args.checkpoint, backend=args.engine, input_size=args.input_size)
+    settle_glue_threads([engine])
     if not engine.trained:
         print(f"warning: the {args.task} model is UNTRAINED (random weights): the labels are noise", file=sys.stderr)
     palette = TASKS[args.task].palette

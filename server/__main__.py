@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         # forks the whole running server: the copy serves the same sockets and swallows frames
         # until it exits. A forked copy must never run; exec-based subprocesses are unaffected.
         os.register_at_fork(after_in_child=lambda: os._exit(0))  # before anything else opens sockets or threads
+        from .eventlet_fixes import speed_up_websockets
+
+        speed_up_websockets()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from .app import ServerSettings, create_server

@@ -20,7 +20,7 @@ from flask_socketio import SocketIO, emit
 
 from engines import Engine
 from engines import __version__ as engines_version
-from engines.shipped import load_default_engine
+from engines.shipped import load_default_engine, settle_glue_threads
 from engines.tasks import TASKS
 
 from .codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, FrameError, check_image_bytes, open_image
@@ -59,8 +59,10 @@ class ServerSettings:
 
 def load_engines(settings: ServerSettings) -> dict[str, Engine]:
     """One engine per task: the checkpoint given, else the shipped model, else an untrained one."""
-    return {task: load_default_engine(task, getattr(settings, task), backend=settings.engine,
-                                      input_size=settings.input_size) for task in TASKS}
+    engines = {task: load_default_engine(task, getattr(settings, task), backend=settings.engine,
+                                         input_size=settings.input_size) for task in TASKS}
+    settle_glue_threads(list(engines.values()))
+    return engines
 
 
 def _engine_info(engine: Engine) -> dict:
@@ -74,14 +76,13 @@ def _run_blocking(async_mode: str):
     if async_mode == "eventlet":
         from eventlet import tpool
 
-        # One real thread does all the heavy work, as the engines expect. tpool's default pool of
-        # 20 threads spread frames over 20 threads, each with its own malloc arena, and the RSS of
-        # a 4-client load test grew by ~190 MB in 30 s.
-        tpool.set_num_threads(1)
+        # Two real threads: one runs the network while the other decodes the next frame and
+        # encodes the last result. tpool's default pool of 20 threads spread frames over 20
+        # threads, each with its own malloc arena, and the RSS of a 4-client load test grew by
+        # ~190 MB in 30 s.
+        tpool.set_num_threads(2)
         return tpool.execute
-    return None  # threading mode: the dispatcher is already a real thread
-
-
+    return None  # threading mode: the dispatcher and its helpers are already real threads
 
 
 def _check_frame_message(message: Any, engines: dict[str, Engine]) -> tuple[int, str, str, float, str, Any]:

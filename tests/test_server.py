@@ -176,7 +176,8 @@ def test_a_flood_is_answered_by_dropping_and_the_latest_frame_wins(server, jpeg_
     sent = 60
     for frame_id in range(sent):
         client.emit("frame", {"id": frame_id, "task": "parts", "image": jpeg_frame})
-        assert len(server.service.queue) <= 1  # one waiting frame per client, whatever the rate
+        # One waiting frame per client whatever the rate, plus at most one the idle worker claimed.
+        assert len(server.service.queue) <= 2
     results = wait_for(client, "result")
     deadline = time.monotonic() + 30
     while results[-1]["id"] != sent - 1 and time.monotonic() < deadline:
@@ -185,6 +186,16 @@ def test_a_flood_is_answered_by_dropping_and_the_latest_frame_wins(server, jpeg_
     assert ids[-1] == sent - 1 and ids == sorted(ids)
     assert len(results) < sent
     assert len(results) + sum(r["dropped"] for r in results) == sent
+
+
+def test_a_frame_claimed_by_the_idle_worker_is_not_replaced():
+    queue = LatestFrameQueue()
+    queue.put(FrameJob("a", 1, "parts", "overlay", 0.5, b"x"), claim=True)
+    queue.put(FrameJob("a", 2, "parts", "overlay", 0.5, b"x"), claim=True)  # the claim is taken: waits
+    queue.put(FrameJob("a", 3, "parts", "overlay", 0.5, b"x"))  # replaces 2, not 1
+    assert [job.frame_id for job in queue.take(lambda task: False, 8)] == [1]
+    [job] = queue.take(lambda task: False, 8)
+    assert (job.frame_id, job.dropped) == (3, 1)
 
 
 def test_latest_frame_queue_keeps_one_frame_per_client_and_counts_drops():
@@ -273,3 +284,17 @@ def test_attention_view_uses_one_colour_per_scale():
     image = np.asarray(colourise_attention(frame, attention, opacity=1.0))
     for scale in range(3):
         assert (image[:, 2 * scale: 2 * scale + 2] == scale_colours(3)[scale]).all()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("size", "offset", "length"), [(0, 0, None), (1, 3, None), (31 * 1024, 0, None),
+                                                         (1000, 2, 997), (7, 1, 5)])
+def test_fast_websocket_unmasking_returns_what_eventlet_does(size, offset, length):
+    from eventlet.websocket import RFC6455WebSocket
+
+    from server.eventlet_fixes import apply_mask
+
+    data = bytes(np.random.default_rng(size).integers(0, 256, size, np.uint8))
+    mask = b"\x9a\x01\xff\x37"
+    assert apply_mask(data, mask, length, offset) == RFC6455WebSocket._apply_mask(data, mask, length, offset)
+    assert apply_mask(bytearray(data), mask, length, offset) == apply_mask(data, mask, length, offset)

@@ -29,6 +29,19 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)  # ms per step around the CNN, for load tests
 
 
+@dataclass
+class Pending:
+    """A batch between the steps of ``Engine.infer``: prepared input, then the network's output."""
+
+    batch: torch.Tensor | None
+    valid: list[tuple[int, int]]
+    sizes: list[tuple[int, int]]
+    timings: dict[str, float]
+    logits: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+    cnn_ms: float = 0.0
+
+
 def check_frame(frame: np.ndarray) -> None:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError("frames must be H×W×3 uint8 RGB arrays")
@@ -153,6 +166,9 @@ class Engine:
     name = "base"
     timing_label = "CPU time"
     batching_helps = False  # whether one batch of N frames beats N single calls
+    # Whether ``_forward`` returns fresh tensors, so that one thread may label a batch while another
+    # runs the next batch's network (CUDA graphs replay into the same output buffers: not safe).
+    overlap_safe = False
 
     def __init__(self, model: torch.nn.Module, input_size: int, device: torch.device) -> None:
         from ..importers.caffe_forward import pad_colour, with_recorded_resampling
@@ -181,7 +197,41 @@ class Engine:
         """Normalised N×3×S×S input → (logits, attention, CNN milliseconds)."""
         raise NotImplementedError
 
-    def infer(self, frames: list[np.ndarray], *, attention: bool = False) -> list[Prediction]:
+    def prepare(self, frames: list[np.ndarray], sizes: list[tuple[int, int]] | None = None) -> Pending:
+        """Step 1 of ``infer``: letterbox and normalise. ``sizes`` (H, W) are the label maps'
+        sizes when the frames were decoded smaller than the originals (default: each frame's)."""
+        started = time.perf_counter()
+        with torch.inference_mode():
+            pixels, valid = letterbox(frames, self.input_size, self.device, self.pad_value)
+            batch = self.preprocessing.normalise(pixels)
+        sizes = [tuple(frame.shape[:2]) for frame in frames] if sizes is None else [tuple(s) for s in sizes]
+        return Pending(batch=batch, valid=valid, sizes=sizes,
+                       timings={"preprocess_ms": (time.perf_counter() - started) * 1000.0})
+
+    def forward(self, pending: Pending) -> Pending:
+        """Step 2 of ``infer``: the network. On engines with ``overlap_safe`` it may run while
+        another thread runs step 1 or 3 of other frames."""
+        started = time.perf_counter()
+        with torch.inference_mode():
+            pending.logits, pending.attention, pending.cnn_ms = self._forward(pending.batch)
+        pending.batch = None
+        pending.timings["forward_ms"] = (time.perf_counter() - started) * 1000.0
+        return pending
+
+    def finish(self, pending: Pending, *, attention: bool = False) -> list[Prediction]:
+        """Step 3 of ``infer``: label maps (and attention) at each frame's size."""
+        started = time.perf_counter()
+        with torch.inference_mode():
+            predictions = to_predictions(pending.logits, pending.attention, self.input_size, pending.valid,
+                                         pending.sizes, pending.cnn_ms, attention)
+        pending.timings["labels_ms"] = (time.perf_counter() - started) * 1000.0
+        share = 1.0 / len(predictions)  # batch-wide steps, split evenly over its frames
+        for prediction in predictions:
+            prediction.timings = {name: value * share for name, value in pending.timings.items()}
+        return predictions
+
+    def infer(self, frames: list[np.ndarray], *, attention: bool = False,
+              sizes: list[tuple[int, int]] | None = None) -> list[Prediction]:
         """Parse a batch of H×W×3 uint8 RGB frames of any sizes.
 
         Each prediction's ``timings`` splits the call: preprocess_ms (letterbox, normalise),
@@ -189,22 +239,7 @@ class Engine:
         """
         if not frames:
             return []
-        with torch.inference_mode():
-            started = time.perf_counter()
-            pixels, valid = letterbox(frames, self.input_size, self.device, self.pad_value)
-            batch = self.preprocessing.normalise(pixels)
-            prepared = time.perf_counter()
-            logits, att, cnn_ms = self._forward(batch)
-            forwarded = time.perf_counter()
-            sizes = [frame.shape[:2] for frame in frames]
-            predictions = to_predictions(logits, att, self.input_size, valid, sizes, cnn_ms, attention)
-            done = time.perf_counter()
-        share = 1000.0 / len(frames)  # batch-wide steps, split evenly over its frames
-        timings = {"preprocess_ms": (prepared - started) * share, "forward_ms": (forwarded - prepared) * share,
-                   "labels_ms": (done - forwarded) * share}
-        for prediction in predictions:
-            prediction.timings = dict(timings)
-        return predictions
+        return self.finish(self.forward(self.prepare(frames, sizes)), attention=attention)
 
     def describe(self) -> dict:
         """A JSON-ready summary for status pages and logs."""

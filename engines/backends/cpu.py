@@ -28,6 +28,7 @@ class CpuEngine(Engine):
     name = "cpu"
     timing_label = "CPU time"
     batching_helps = False  # the cores are already busy with one frame
+    overlap_safe = True  # every call returns new tensors
 
     def __init__(self, model: torch.nn.Module, input_size: int, threads: int | None = None) -> None:
         self.threads = set_cpu_threads(threads)

@@ -106,6 +106,7 @@ class OpenVinoEngine(Engine):
     name = "openvino"
     timing_label = "CPU time"
     batching_helps = False
+    overlap_safe = True  # every call returns new tensors
 
     def __init__(self, model: torch.nn.Module, input_size: int, threads: int | None = None, *,
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True) -> None:
