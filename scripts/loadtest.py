@@ -10,7 +10,7 @@ as fast as its results come back (one or two frames in flight), for a fixed time
     python scripts/loadtest.py --url http://127.0.0.1:8080 --server-pid 1234
 
 Prints per-client fps, round trip p50/p99, CNN ms, queue ms, server overhead
-(server_ms − cnn_ms − queue_ms: decode, preprocessing, colouring, encoding, hand-offs), how busy
+(server_ms − cnn_ms − waiting: decode, preprocessing, colouring, encoding, hand-offs), how busy
 the engine was, bytes per result, dropped frames, errors, the server's RSS, and a table of where
 each frame's time went, step by step.
 """
@@ -135,16 +135,24 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _waits(r: dict) -> float:
+    """Time a frame spent waiting (for the worker, then for the engine), not being worked on."""
+    return r["queue_ms"] + r["stages"].get("engine_wait_ms", 0.0)
+
+
 STAGES = (  # (label, how to get it from a result)
-    ("queue wait", lambda r: r["queue_ms"]),
+    ("queue wait (for the worker)", lambda r: r["queue_ms"]),
+    ("prepared, waiting for the engine", lambda r: r["stages"].get("engine_wait_ms", 0.0)),
     ("decode", lambda r: r["stages"]["decode_ms"]),
     ("preprocess", lambda r: r["stages"]["preprocess_ms"]),
     ("engine: CNN", lambda r: r["cnn_ms"]),
     ("engine: runtime call beyond the CNN", lambda r: r["stages"]["forward_ms"] - r["cnn_ms"]),
     ("labels at the frame's size", lambda r: r["stages"]["labels_ms"]),
+    ("waiting for the encoding thread", lambda r: r["stages"].get("finish_wait_ms", 0.0)),
     ("colour + encode", lambda r: r["stages"]["encode_ms"]),
-    ("hand-offs (dispatcher, worker thread, emit)", lambda r: r["server_ms"] - r["queue_ms"] - sum(
-        r["stages"][k] for k in ("decode_ms", "preprocess_ms", "forward_ms", "labels_ms", "encode_ms"))),
+    ("hand-offs (dispatcher, worker threads, emit)", lambda r: r["server_ms"] - _waits(r) - sum(
+        r["stages"].get(k, 0.0) for k in ("decode_ms", "preprocess_ms", "forward_ms", "labels_ms", "encode_ms",
+                                         "finish_wait_ms"))),
     ("server total (receive → emit)", lambda r: r["server_ms"]),
     ("network + client (round trip − server)", lambda r: r["rtt_ms"] - r["server_ms"]),
     ("round trip", lambda r: r["rtt_ms"]),
@@ -227,8 +235,8 @@ def main() -> None:
         raise SystemExit(f"no results measured; errors: {[e for s in stats for e in s.errors][:3]}")
     rtt = [r["rtt_ms"] for r in results]
     cnn = [r["cnn_ms"] for r in results]
-    queue = [r["queue_ms"] for r in results]
-    overhead = [r["server_ms"] - r["cnn_ms"] - r["queue_ms"] for r in results]
+    queue = [_waits(r) for r in results]
+    overhead = [r["server_ms"] - r["cnn_ms"] - _waits(r) for r in results]
     beyond_cnn = [r["rtt_ms"] - r["cnn_ms"] for r in results]
     fps = [len(s.results) / args.seconds for s in stats]
     sizes = [r["bytes"] for r in results]
@@ -250,7 +258,7 @@ def main() -> None:
           f"merge {model['merge']}, trained={model['trained']}; load average at end {load[0]:.2f} {load[1]:.2f}")
     print()
     print("| clients | form | in flight | fps per client (mean, min) | round trip p50 / p99 ms | CNN ms p50 "
-          "| queue ms p50 | server overhead ms p50 / p99 | round trip − CNN ms p50 | engine busy | KB per result p50 "
+          "| waiting ms p50 | server overhead ms p50 / p99 | round trip − CNN ms p50 | engine busy | KB per result p50 "
           "| dropped | errors | RSS MB after warm-up → end |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.clients} | {args.form} | {args.in_flight} | {statistics.mean(fps):.1f}, {min(fps):.1f} | "

@@ -190,7 +190,8 @@ class PartCamServer:
         def healthz():
             return jsonify({"status": "ok", "clients": len(self.clients), "waiting_frames": len(self.service.queue),
                             "frames_done": self.service.frames_done, "errors": self.service.errors,
-                            "unread_drops": self.unread_drops})
+                            "unread_drops": self.unread_drops,
+                            "unsent_messages": sum(self._backlog(sid) for sid in list(self.clients))})
 
         @app.post("/api/parse")
         def api_parse():

@@ -128,6 +128,9 @@ class Batch:
     pending: Pending
     decode_ms: float
     attention: bool
+    prepared_at: float = 0.0  # perf_counter when decoding and letterboxing ended
+    forward_at: float = 0.0  # ... when the network started on it
+    forwarded_at: float = 0.0  # ... when the network was done with it
 
 
 def prepare_batch(jobs: list[FrameJob], engine: Engine, *, max_side: int,
@@ -162,12 +165,16 @@ def prepare_batch(jobs: list[FrameJob], engine: Engine, *, max_side: int,
     decode_ms = (time.perf_counter() - started) * 1000.0 / len(pixels)
     pending = engine.prepare(pixels, sizes)
     attention = any(outcome.job.view == "attention" for outcome in outcomes)
-    return Batch(outcomes, frames, pending, decode_ms, attention), refused
+    return Batch(outcomes, frames, pending, decode_ms, attention, prepared_at=time.perf_counter()), refused
 
 
 def finish_batch(batch: Batch, engine: Engine, palette: np.ndarray, *, jpeg_quality: int) -> list[Outcome]:
     """labels at each frame's size → colour → encode. Each result carries ``stages`` (ms per step)."""
+    finish_at = time.perf_counter()
     predictions = engine.finish(batch.pending, attention=batch.attention)
+    # Waiting is not overhead: a frame prepared ahead waits for the engine to finish the one before.
+    waits = {"engine_wait_ms": max(0.0, batch.forward_at - batch.prepared_at) * 1000.0,
+             "finish_wait_ms": max(0.0, finish_at - batch.forwarded_at) * 1000.0}
     outcomes = []
     for outcome, frame, prediction in zip(batch.outcomes, batch.frames, predictions):
         job = outcome.job
@@ -185,7 +192,7 @@ def finish_batch(batch: Batch, engine: Engine, palette: np.ndarray, *, jpeg_qual
             payload = {"image": encode_jpeg(colourise_parts(frame, prediction.labels, palette, job.opacity),
                                             jpeg_quality)}
         stages = {"decode_ms": batch.decode_ms, **prediction.timings,
-                  "encode_ms": (time.perf_counter() - coded) * 1000.0}
+                  "encode_ms": (time.perf_counter() - coded) * 1000.0, **waits}
         height, width = prediction.labels.shape
         outcome.result = {
             "id": job.frame_id,
@@ -212,7 +219,9 @@ def process_batch(jobs: list[FrameJob], engine: Engine, palette: np.ndarray, *, 
     batch, refused = prepare_batch(jobs, engine, max_side=max_side, max_pixels=max_pixels)
     if batch is None:
         return refused
+    batch.forward_at = time.perf_counter()
     engine.forward(batch.pending)
+    batch.forwarded_at = time.perf_counter()
     return refused + finish_batch(batch, engine, palette, jpeg_quality=jpeg_quality)
 
 
@@ -350,6 +359,7 @@ class InferenceService:
                     break
                 task, batch = current
                 engine = self.engines[task]
+                batch.forward_at = time.perf_counter()
                 try:
                     if engine.overlap_safe:
                         running = self._in_background(self._run_blocking, engine.forward, batch.pending)
@@ -360,6 +370,7 @@ class InferenceService:
                 except Exception:
                     self._fail([outcome.job for outcome in batch.outcomes])
                     continue
+                batch.forwarded_at = time.perf_counter()
                 if engine.overlap_safe:  # labelled and encoded while the next network run goes on
                     self._in_background(self._finish, task, batch)
                 else:
