@@ -253,4 +253,6 @@ class Engine:
             "merge": self.merge,
             "trained": self.trained,
             "trained_on": self.metadata.trained_on if self.metadata else "nothing (random weights)",
+            # Which pose model steers the parts, at which sizes; None for the network alone.
+            "pose_guide": getattr(self.metadata, "pose_guide", None) if self.metadata else None,
         }
