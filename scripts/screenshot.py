@@ -8,6 +8,7 @@ PNG per view:
 
     python scripts/screenshot.py                      # docs/screenshot.jpg, -clothes, -attention
     python scripts/screenshot.py --photo grace_hopper --out-dir /tmp/shots
+    python scripts/screenshot.py --photo guards       # any real-photo benchmark image (fetched on first use)
 
 Needs chromium (``apt-get install chromium``) and playwright (requirements-dev.txt).
 """
@@ -69,20 +70,31 @@ def take_screenshots(url: str, camera: Path, out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photo", default="astronaut", choices=[s.name for s in PHOTO_SOURCES],
-                        help="the real photo the fake camera plays")
+    parser.add_argument("--photo", default="astronaut",
+                        help=f"the real photo the fake camera plays: {', '.join(s.name for s in PHOTO_SOURCES)}, "
+                             "or a real-photo benchmark image id (training/realphoto/benchmark_set.py)")
     parser.add_argument("--out-dir", type=Path, default=Path("docs"))
     parser.add_argument("server_args", nargs="*", help="extra `python -m server` options, after --")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium")
-    photos = available_photos([args.photo])
-    if not photos:
-        raise SystemExit(f"the package holding {args.photo!r} is not installed")
+    if args.photo in {source.name for source in PHOTO_SOURCES}:
+        photos = available_photos([args.photo])
+        if not photos:
+            raise SystemExit(f"the package holding {args.photo!r} is not installed")
+        rgb = photos[0].rgb
+    else:
+        from training.realphoto.benchmark_set import load_image, spec_by_id
+
+        try:
+            spec_by_id(args.photo)
+        except KeyError as error:
+            raise SystemExit(str(error)) from None
+        rgb, _ = load_image(args.photo)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="partcam-screenshot-") as tmp:
         camera = Path(tmp) / "camera.y4m"
-        write_y4m(camera, handheld_frames(photos[0].rgb))
+        write_y4m(camera, handheld_frames(rgb))
         try:
             with local_server(args.server_args, Path(tmp) / "server.log") as server:
                 saved = take_screenshots(server.url, camera, args.out_dir)
