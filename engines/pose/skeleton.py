@@ -104,9 +104,10 @@ _TORSO_MIDLINE = 15
 _TORSO_CORE = 0.22
 
 
-def _segments(xy: Tensor, seen: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _segments(xy: Tensor, seen: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Start and end points (B, P, S, 2) and validity (B, P, S) of every segment (segments 1–4 are
-    the torso polygon's edges, in order), and whether the torso polygon exists (B, P)."""
+    the torso polygon's edges, in order), whether the torso polygon exists (B, P), and whether it
+    was drawn from shoulders and hips rather than guessed (B, P)."""
 
     def at(i: int) -> Tensor:
         return xy[..., i, :]
@@ -166,12 +167,16 @@ def _segments(xy: Tensor, seen: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, 
     starts.append((corners[..., 0, :] + corners[..., 1, :]) / 2)
     ends.append((corners[..., 2, :] + corners[..., 3, :]) / 2)
     valid.append(torso_ok)
-    return torch.stack(starts, -2), torch.stack(ends, -2), torch.stack(valid, -1), torso_ok
+    return torch.stack(starts, -2), torch.stack(ends, -2), torch.stack(valid, -1), torso_ok, has_shoulders & has_hips
 
 
 def region_distances(keypoints: Tensor, height: int, width: int, *, threshold: float = 0.3,
-                     min_person_score: float = 0.2, person_scores: Tensor | None = None) -> Tensor:
+                     min_person_score: float = 0.2, person_scores: Tensor | None = None,
+                     sure_torso: bool = False) -> Tensor:
     """Scaled distance of every pixel to every region of every person: (B, P, R, H, W).
+
+    With ``sure_torso`` one more channel follows the regions: the torso's distance where it was
+    drawn from shoulders and hips, ``FAR`` where it was guessed.
 
     ``keypoints`` is (B, P, 17, 3) with (y, x) in [0, 1] of the frame and a score; a keypoint
     counts when its score ≥ ``threshold``, a person when ``person_scores`` (B, P) ≥
@@ -186,7 +191,7 @@ def region_distances(keypoints: Tensor, height: int, width: int, *, threshold: f
     scale = _person_scale(xy, seen)  # (B, P)
     alive = scale > 1.0
     scale = scale.clamp_min(1.0)
-    starts, ends, valid, torso_ok = _segments(xy, seen, scale)
+    starts, ends, valid, torso_ok, torso_drawn = _segments(xy, seen, scale)
 
     ys = (torch.arange(height, device=device, dtype=dtype) + 0.5).view(1, 1, 1, height, 1)
     xs = (torch.arange(width, device=device, dtype=dtype) + 0.5).view(1, 1, 1, 1, width)
@@ -206,6 +211,9 @@ def region_distances(keypoints: Tensor, height: int, width: int, *, threshold: f
             core = (distance[:, :, _TORSO_MIDLINE] - _TORSO_CORE * scale[..., None, None]).clamp_min(0.0)
             nearest = torch.where(inside, core, nearest)
         regions.append(nearest / (RADIUS[region] * scale)[..., None, None])
+    if sure_torso:
+        drawn = (torso_drawn & alive)[..., None, None]
+        regions.append(torch.where(drawn, regions[TORSO], torch.full_like(regions[TORSO], FAR)))
     return torch.stack(regions, dim=2)
 
 
@@ -264,14 +272,18 @@ def fuse(gated: Tensor, keypoints: Tensor, task: str, *, mode: str = "fused", we
         gated = torch.log_softmax(F.avg_pool2d(gated, prior_stride, prior_stride, ceil_mode=True), dim=1)
     _, classes, height, width = gated.shape
     distances = region_prior(keypoints, height, width, threshold=threshold, person_scores=person_scores,
-                             min_person_score=min_person_score)
+                             min_person_score=min_person_score, sure_torso=True)
+    distances, drawn_torso = distances[:, :len(REGIONS)], distances[:, len(REGIONS):]
     prior = class_prior(distances, task)  # (B, C−1, h, w)
     nearest = distances.amin(1, keepdim=True)  # (B, 1, h, w)
     log_background = gated[:, :1]
     log_person = torch.logaddexp(gated[:, 1:].logsumexp(1, keepdim=True), torch.full_like(log_background, -1e4))
     parts_given_person = gated[:, 1:] - log_person
     if fill > 0:  # P(person) = 1 − (1 − gate)(1 − inside the skeleton's shapes)
-        inside = torch.sigmoid(6.0 * (fill - nearest))
+        # Not a guessed torso (hips unseen, under a coat or out of the frame): what stands in front
+        # of such a torso (a tripod, a held helmet) is better left to the gate.
+        shapes = torch.cat([distances[:, :TORSO], drawn_torso, distances[:, TORSO + 1:]], dim=1)
+        inside = torch.sigmoid(6.0 * (fill - shapes.amin(1, keepdim=True)))
         log_person = torch.log1p(-(1 - log_person.exp()) * (1 - inside)).clamp_min(-1e4)
     # Person pixels beyond reach of every skeleton: a soft step from 1 (inside) to 0 (one radius on).
     near = torch.sigmoid(4.0 * (reach - nearest))
