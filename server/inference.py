@@ -297,7 +297,8 @@ class InferenceService:
         self._send([Outcome(job, error=error) for job in jobs])
 
     def _in_background(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-        """Run ``fn(*args)`` as a task of its own; returns a function that waits for its value."""
+        """Run ``fn(*args)`` as a task of its own; returns a function that waits for its value
+        (its ``done`` attribute says whether it has finished)."""
         done = self._create_event()
         box: dict[str, Any] = {}
 
@@ -317,6 +318,7 @@ class InferenceService:
                 raise box["error"]
             return box["value"]
 
+        wait.done = done.is_set  # type: ignore[attr-defined]
         return wait
 
     def _prepare_next(self) -> tuple[str, Batch] | None:
@@ -363,7 +365,13 @@ class InferenceService:
                 try:
                     if engine.overlap_safe:
                         running = self._in_background(self._run_blocking, engine.forward, batch.pending)
-                        ready = self._prepare_next()  # the next frame's decoding overlaps this network run
+                        # The next frame's decoding overlaps this network run, also when it arrives
+                        # during the run (a phone sends it when the previous result reaches it).
+                        ready = self._prepare_next()
+                        while ready is None and not running.done():
+                            self._wake.wait(timeout=0.005)
+                            self._wake.clear()
+                            ready = self._prepare_next()
                         running()
                     else:
                         self._run_blocking(engine.forward, batch.pending)
