@@ -144,15 +144,24 @@ def to_predictions(logits: torch.Tensor, attention: torch.Tensor | None, size: i
     decided on the network's grid and enlarged, so part borders are as fine as the frame's pixels.
     """
     logits = logits.float()
-    if tuple(logits.shape[-2:]) != (size, size):  # gated models already answer at the input's size
-        logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+    coarse = tuple(logits.shape[-2:]) != (size, size)  # gated models already answer at the input's size
     att_all = None
     if want_attention and attention is not None:
         att_all = F.interpolate(attention.float(), size=(size, size), mode="bilinear", align_corners=False)
         att_all = att_all.cpu().numpy()
     predictions = []
     for index, ((vh, vw), (height, width)) in enumerate(zip(valid, frame_sizes)):
-        labels = upsampled_labels(logits[index, :, :vh, :vw], height, width)  # only the frame, not the padding
+        if coarse:
+            # Only the grid cells under the frame (plus one for the interpolation's support), scaled
+            # by the same factor as the whole grid, so the samples are those of a full resize.
+            grid_h, grid_w = logits.shape[-2:]
+            rows, cols = min(grid_h, -(-vh * grid_h // size) + 1), min(grid_w, -(-vw * grid_w // size) + 1)
+            region = F.interpolate(logits[index:index + 1, :, :rows, :cols],
+                                   scale_factor=(size / grid_h, size / grid_w), mode="bilinear",
+                                   align_corners=False, recompute_scale_factor=False)[0]
+        else:
+            region = logits[index]
+        labels = upsampled_labels(region[:, :vh, :vw], height, width)  # only the frame, not the padding
         att = None
         if att_all is not None:
             att = np.ascontiguousarray(_nearest_resize(att_all[index, :, :vh, :vw], height, width), dtype=np.float32)
