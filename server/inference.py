@@ -309,6 +309,7 @@ class InferenceService:
                 box["error"] = error
             finally:
                 done.set()
+                self._wake.set()  # a dispatcher polling for new frames meanwhile moves on at once
 
         self._spawn(run)
 
