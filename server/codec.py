@@ -120,8 +120,8 @@ def encode_jpeg(rgb: np.ndarray | Image.Image, quality: int = 80) -> bytes:
 def encode_label_png(labels: np.ndarray, compress_level: int = 1) -> bytes:
     """H×W uint8 class indices → single-channel PNG (pixel value = class index).
 
-    Level 1: label maps are long runs of one value, so the fastest zlib level already packs
-    them nearly as small as the slowest, in a fraction of the time.
+    Level 1: a 640×480 label map of a real photo is 4.6–5.6 KB in 1.1–1.3 ms (a sixth of the
+    34 KB overlay JPEG); level 6 saves another 2 KB for 0.5 ms more, not worth it on a LAN.
     """
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), "L").save(buffer, format="PNG",
