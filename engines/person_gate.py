@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .numerics import log_sigmoid
 from .preprocessing import Preprocessing
 
 
@@ -54,4 +55,4 @@ class PersonGate(nn.Module):
             person = F.adaptive_avg_pool2d(person, size) if shrink else F.interpolate(
                 person, size=size, mode="bilinear", align_corners=False)
         parts = torch.log_softmax(logits[:, 1:], dim=1)
-        return torch.cat([F.logsigmoid(-person), F.logsigmoid(person) + parts], dim=1)
+        return torch.cat([log_sigmoid(-person), log_sigmoid(person) + parts], dim=1)

@@ -48,6 +48,7 @@ def create_engine(
     task: str | None = None,
     threads: int | None = None,
     precision: str = "fp16",
+    cpu_precision: str = "auto",
     engine_path: str | os.PathLike | None = None,
 ) -> Engine:
     """Load a checkpoint (or take a built model) and wrap it in a runtime.
@@ -55,6 +56,7 @@ def create_engine(
     ``backend`` is "cpu" (eager PyTorch), "openvino" (CPU), "cuda", "tensorrt" or "auto"
     (tensorrt, then cuda, then openvino, then cpu).
     A backend that cannot run here raises ``BackendUnavailable`` naming what is missing.
+    ``precision`` is for GPU runtimes; ``cpu_precision`` for OpenVINO ("auto", "f32", "bf16").
     """
     if backend not in BACKENDS:
         raise KeyError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
@@ -92,7 +94,7 @@ def create_engine(
     if backend == "openvino":
         from .openvino import OpenVinoEngine
 
-        return OpenVinoEngine(model, input_size, threads=threads)
+        return OpenVinoEngine(model, input_size, threads=threads, precision=cpu_precision)
     if backend == "cpu":
         return CpuEngine(model, input_size, threads=threads)
     if backend == "cuda":

@@ -102,6 +102,21 @@ def _save_ir(ov, converted, folder: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+PRECISIONS = ("auto", "f32", "bf16")
+
+
+def _choose_precision(core, precision: str) -> str:
+    """The inference precision to compile with (see ``OpenVinoEngine``)."""
+    if precision == "auto":
+        precision = os.environ.get("PARTCAM_OPENVINO_PRECISION", "auto")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown OpenVINO precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        precision = "bf16" if "BF16" in capabilities else "f32"
+    return precision
+
+
 class OpenVinoEngine(Engine):
     name = "openvino"
     timing_label = "CPU time"
@@ -109,7 +124,12 @@ class OpenVinoEngine(Engine):
     overlap_safe = True  # every call returns new tensors
 
     def __init__(self, model: torch.nn.Module, input_size: int, threads: int | None = None, *,
-                 cache_dir: str | os.PathLike | None = None, use_cache: bool = True) -> None:
+                 cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
+                 precision: str = "auto") -> None:
+        """``precision``: "f32" (labels identical to eager PyTorch), "bf16" (the CPU's bfloat16
+        units: about 1.3× faster here, labels agree on about 99%), or "auto": bf16 where the CPU
+        computes it natively (AMX or AVX-512 BF16), else f32; ``$PARTCAM_OPENVINO_PRECISION``
+        overrides "auto"."""
         try:
             ov = _import_openvino()
         except ImportError:
@@ -134,15 +154,16 @@ class OpenVinoEngine(Engine):
                     _save_ir(ov, converted, self.cache_folder)
                 except OSError as exc:  # a read-only cache only costs start-up time
                     log.warning("could not cache the OpenVINO program in %s (%s)", self.cache_folder, exc)
+        self.precision = _choose_precision(core, precision)
         compiled = core.compile_model(converted, "CPU", {
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": self.precision,
         })
         self._outputs = compiled.outputs
         self._request = compiled.create_infer_request()
-        log.info("OpenVINO engine ready in %.1f s (%d threads, f32, %s)", time.perf_counter() - started,
-                 self.threads, "cached program" if self.loaded_from_cache else "converted from PyTorch")
+        log.info("OpenVINO engine ready in %.1f s (%d threads, %s, %s)", time.perf_counter() - started,
+                 self.threads, self.precision, "cached program" if self.loaded_from_cache else "converted from PyTorch")
 
     def _convert(self, ov):
         example = torch.zeros(1, 3, self.input_size, self.input_size)

@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..numerics import log_sigmoid
+
 # COCO-17 keypoint order, as MoveNet and most pose models give it.
 NOSE, LEFT_EYE, RIGHT_EYE, LEFT_EAR, RIGHT_EAR = 0, 1, 2, 3, 4
 LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_ELBOW, RIGHT_ELBOW, LEFT_WRIST, RIGHT_WRIST = 5, 6, 7, 8, 9, 10
@@ -276,18 +278,20 @@ def fuse(gated: Tensor, keypoints: Tensor, task: str, *, mode: str = "fused", we
     distances, drawn_torso = distances[:, :len(REGIONS)], distances[:, len(REGIONS):]
     prior = class_prior(distances, task)  # (B, C−1, h, w)
     nearest = distances.amin(1, keepdim=True)  # (B, 1, h, w)
-    log_background = gated[:, :1]
+    # Probabilities stay in log space throughout, and 1 − p is never formed from a p near 1: at
+    # bfloat16 (OpenVINO on CPUs with bf16 units) that rounds to 0 and every pixel becomes person.
+    log_background = gated[:, :1]  # log(1 − P(person))
     log_person = torch.logaddexp(gated[:, 1:].logsumexp(1, keepdim=True), torch.full_like(log_background, -1e4))
     parts_given_person = gated[:, 1:] - log_person
     if fill > 0:  # P(person) = 1 − (1 − gate)(1 − inside the skeleton's shapes)
         # Not a guessed torso (hips unseen, under a coat or out of the frame): what stands in front
         # of such a torso (a tripod, a held helmet) is better left to the gate.
         shapes = torch.cat([distances[:, :TORSO], drawn_torso, distances[:, TORSO + 1:]], dim=1)
-        inside = torch.sigmoid(6.0 * (fill - shapes.amin(1, keepdim=True)))
-        log_person = torch.log1p(-(1 - log_person.exp()) * (1 - inside)).clamp_min(-1e4)
+        inside = 6.0 * (fill - shapes.amin(1, keepdim=True))  # logit of "inside a shape"
+        log_background = log_background + log_sigmoid(-inside)
+        log_person = torch.log1p(-log_background.exp().clamp(max=1.0)).clamp_min(-1e4)
     # Person pixels beyond reach of every skeleton: a soft step from 1 (inside) to 0 (one radius on).
-    near = torch.sigmoid(4.0 * (reach - nearest))
-    log_near = torch.log(near.clamp_min(1e-6))
+    near = 4.0 * (reach - nearest)  # logit of "near a skeleton"
     if mode == "rules":
         # The nearest region wins outright. Inside the torso polygon (distance 0) the torso wins
         # ties for parts: by rules alone, an arm in front of the body cannot be told from it.
@@ -298,8 +302,9 @@ def fuse(gated: Tensor, keypoints: Tensor, task: str, *, mode: str = "fused", we
     else:
         scores = parts_given_person + weight * prior
     parts = torch.log_softmax(scores, dim=1)
-    person = log_person + log_near
-    background = torch.log1p(-person.exp().clamp(max=1 - 1e-6))
+    person = log_person + log_sigmoid(near)
+    # 1 − P(person)·P(near) = (1 − P(person)) + P(person)·(1 − P(near)), summed in log space.
+    background = torch.logaddexp(log_background, log_person + log_sigmoid(-near))
     guided = torch.cat([background, person + parts], dim=1)
     # A frame where the pose model found no one (a face too close for it, say) keeps the
     # network's own answer rather than losing its people.
