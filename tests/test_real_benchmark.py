@@ -13,7 +13,7 @@ from engines.tasks import CLOTHES, PARTS
 from training.realphoto.benchmark_set import IMAGES, TAGS
 from training.realphoto.part_benchmark import PosePoint, Reference, TaskScore, score_image
 from training.realphoto.reference import model_path
-from training.realphoto.zones import ImageZones, Zone, all_zones, parse_zones
+from training.realphoto.zones import ImageZones, Zone, all_zones, class_counts, parse_zones
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_POSE_REFERENCE = model_path("heavy").is_file()
@@ -32,13 +32,7 @@ def test_every_zone_file_is_valid_and_the_classes_are_covered():
     zones = all_zones()  # parses and validates every file: boxes inside the image, known class names
     assert {z.image for z in zones} == {spec.id for spec in IMAGES}
     assert sum(len(z.zones) for z in zones) >= 250
-    counts: dict[str, int] = {}
-    for image in zones:
-        for zone in image.zones:
-            for task in ("parts", "clothes"):
-                name = zone.label(task)
-                if name:
-                    counts[f"{task}:{name}"] = counts.get(f"{task}:{name}", 0) + 1
+    counts = class_counts(zones)
     for name in (*PARTS.classes, *CLOTHES.classes):
         key = f"{'parts' if name in PARTS.classes else 'clothes'}:{name}"
         if name == "bag":  # the packaged photos show only a few clearly visible bags (see docs)

@@ -117,6 +117,18 @@ def all_zones(directory: Path = ZONES_DIR) -> list[ImageZones]:
     return [load_zones(image_id, directory) for image_id in known if image_id in files]
 
 
+def class_counts(images: list[ImageZones]) -> dict[str, int]:
+    """How many zones name each class, keyed "task:class" (background counted once per task)."""
+    counts: dict[str, int] = {}
+    for image in images:
+        for zone in image.zones:
+            for task in TASK_KEYS:
+                name = zone.label(task)
+                if name:
+                    counts[f"{task}:{name}"] = counts.get(f"{task}:{name}", 0) + 1
+    return counts
+
+
 # ----------------------------------------------------------------------------------------------
 # Drawing
 
@@ -203,13 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action == "validate":
         checked = [load_zones(args.image)] if args.image else all_zones()
-        counts: dict[str, int] = {}
-        for zones in checked:
-            for zone in zones.zones:
-                for key in ("parts", "clothes"):
-                    name = zone.label(key)
-                    if name:
-                        counts[f"{key}:{name}"] = counts.get(f"{key}:{name}", 0) + 1
+        counts = class_counts(checked)
         total = sum(len(z.zones) for z in checked)
         print(f"{len(checked)} images, {total} zones, {sum(len(z.persons) for z in checked)} person boxes")
         for key in sorted(counts):
