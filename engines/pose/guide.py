@@ -32,7 +32,7 @@ class PoseGuideConfig:
     # MoveNet's input sizes (multiples of 32): the frame's letterbox is resized to each and the
     # people of all passes are pooled. A large size finds small people; a small one finds people
     # so close that they overflow the large pass's view of them.
-    input_sizes: tuple[int, ...] = (288,)
+    input_sizes: tuple[int, ...] = (288, 192)
     mode: str = "fused"  # "fused" (network + skeleton) or "rules" (skeleton only, inside the gate)
     weight: float = 8.0  # fused: nats of part score per radius of distance from a part's shape
     reach: float = 2.0  # person pixels further than this many radii from every skeleton: background
