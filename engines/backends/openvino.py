@@ -127,7 +127,7 @@ class OpenVinoEngine(Engine):
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                  precision: str = "auto") -> None:
         """``precision``: "f32" (labels identical to eager PyTorch), "bf16" (the CPU's bfloat16
-        units: about 1.3× faster here, labels agree on about 99%), or "auto": bf16 where the CPU
+        units: about 1.4× faster here, labels agree on about 98.5%), or "auto": bf16 where the CPU
         computes it natively (AMX or AVX-512 BF16), else f32; ``$PARTCAM_OPENVINO_PRECISION``
         overrides "auto"."""
         try:
