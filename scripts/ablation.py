@@ -21,8 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from engines import BACKBONES, TASKS
 from training.metrics import describe_person_size
 

@@ -22,8 +22,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def frame_from_photo(rgb: np.ndarray, width: int = 640, height: int = 480) -> np.ndarray:
     """A camera-sized frame: the photo scaled to cover width×height, centre-cropped."""

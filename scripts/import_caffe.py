@@ -17,8 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from engines.importers import CaffeImportError, import_caffemodel
 from engines.tasks import TASKS
 

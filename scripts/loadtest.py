@@ -35,8 +35,6 @@ import numpy as np
 import socketio
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from server.launch import ServerStartError, local_server
 
 

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from server.codec import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, FrameError, decode_image, encode_jpeg, encode_label_png
 from server.overlay import DEFAULT_OPACITY, colourise_parts
 

@@ -20,11 +20,8 @@ Tables go to stdout (Markdown), every number to ``--json``, and overlays to a co
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from PIL import Image, ImageDraw

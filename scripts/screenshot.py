@@ -20,8 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from server.launch import ServerStartError, local_server
 from training.realphoto.fake_camera import handheld_frames, write_y4m
 from training.realphoto.photos import PHOTO_SOURCES, available_photos

@@ -39,8 +39,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from torch import distributed as dist
 from torch.utils.data import DataLoader

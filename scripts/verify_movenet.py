@@ -31,10 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engines.pose.movenet import (  # noqa: E402
+from engines.pose.movenet import (
     HEADS,
     MoveNetMultiPose,
     decode_multipose,
@@ -44,6 +41,7 @@ from engines.pose.movenet import (  # noqa: E402
     source_files,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 TFJS_DIR = REPO / ".cache" / "tfjs-verify"
 PERSON_THRESHOLD = 0.2
 # The graph's nodes for the raw heads (NHWC) and the final output.
