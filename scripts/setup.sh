@@ -18,10 +18,14 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 stamp=.venv/.partcam-$(basename "$requirements" .txt)
-wanted=$(cat requirements*.txt | sha256sum | cut -c1-16)
+wanted=$(cat requirements*.txt pyproject.toml | sha256sum | cut -c1-16)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$wanted" ]]; then
   echo "[setup] installing $requirements"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r "$requirements"
+  # PartCam itself, editable: engines, server and training import from anywhere, and edits need no
+  # reinstall. --no-deps: the pins above are already in, and pip must not re-resolve torch.
+  echo "[setup] installing PartCam (pip install -e .)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   echo "$wanted" >"$stamp"
 fi
 
