@@ -13,17 +13,16 @@ from pathlib import Path
 
 import torch
 
+from . import settings
 from .backends import Engine, create_engine
 from .model import build_model
 
 log = logging.getLogger("partcam.engine")
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-
 
 def shipped_checkpoint(task: str) -> Path:
-    """Where the shipped model of ``task`` lives (it may be missing in a fresh checkout)."""
-    return MODELS_DIR / f"{task}.safetensors"
+    """Where the shipped model of ``task`` lives (``$PARTCAM_MODELS_DIR``; it may be missing in a fresh checkout)."""
+    return settings.models_dir() / f"{task}.safetensors"
 
 
 def model_source(task: str, checkpoint: str | os.PathLike | None = None) -> str | os.PathLike | torch.nn.Module:

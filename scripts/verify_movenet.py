@@ -22,7 +22,7 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engines import settings
 from engines.pose.movenet import (
     HEADS,
     MoveNetMultiPose,
@@ -41,8 +42,7 @@ from engines.pose.movenet import (
     source_files,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-TFJS_DIR = REPO / ".cache" / "tfjs-verify"
+TFJS_DIR = settings.cache_dir() / "tfjs-verify"
 PERSON_THRESHOLD = 0.2
 # The graph's nodes for the raw heads (NHWC) and the final output.
 HEAD_NODES = {
@@ -110,10 +110,10 @@ main().catch((e) => { console.error(e); process.exit(1); });
 
 def default_images() -> list[Path]:
     """Real photos from installed packages, plus the real-photo benchmark set when it was built."""
-    site = REPO / ".venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    site = Path(sysconfig.get_paths()["purelib"])  # this interpreter's site-packages
     found = [site / "skimage" / "data" / "astronaut.png", site / "matplotlib" / "mpl-data" / "sample_data" /
              "grace_hopper.jpg"]
-    bench = REPO / ".cache" / "realbench" / "images"
+    bench = settings.realbench_dir() / "images"
     for name in ("voc_2011_000003", "street_walkers", "building_trio", "home_crowd_small", "feat_group",
                  "basketball", "lawn_pair"):
         found.append(bench / f"{name}.png")

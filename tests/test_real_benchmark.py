@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors import safe_open
 
+from engines.pose.movenet import SOURCE_NAME, default_source_dir
 from engines.tasks import CLOTHES, PARTS
 from training.realphoto.benchmark_set import IMAGES, TAGS
 from training.realphoto.part_benchmark import PosePoint, Reference, TaskScore, score_image
 from training.realphoto.reference import model_path
 from training.realphoto.zones import ImageZones, Zone, all_zones, class_counts, parse_zones
 
-ROOT = Path(__file__).resolve().parents[1]
 HAS_POSE_REFERENCE = model_path("heavy").is_file()
-HAS_MOVENET = (ROOT / ".cache" / "human-models" / "movenet-multipose.bin").is_file()
+HAS_MOVENET = (default_source_dir() / f"{SOURCE_NAME}.bin").is_file()
 
 
 def test_the_image_set_covers_every_kind_of_picture():
@@ -85,11 +84,8 @@ def test_scores_count_each_zone_once_and_background_zones_separately(monkeypatch
 @pytest.mark.skipif(not (HAS_POSE_REFERENCE and HAS_MOVENET), reason="needs scripts/setup.sh (npm models)")
 def test_the_benchmark_command_scores_the_default_models_on_packaged_photos(tmp_path, capsys):
     """End to end on the photos that ship in installed packages (nothing to download)."""
-    import importlib.util
+    from scripts import real_benchmark as module
 
-    spec = importlib.util.spec_from_file_location("real_benchmark", ROOT / "scripts" / "real_benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "bench.json"
     code = module.main(["--images", "astronaut", "cameraman", "--json", str(out), "--sheet",
                         str(tmp_path / "sheet.jpg"), "--docs-sheet", str(tmp_path / "docs.jpg")])

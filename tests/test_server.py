@@ -14,7 +14,7 @@ from conftest import encode, make_scene
 from PIL import Image
 
 from engines.tasks import TASKS
-from server.app import SOCKETIO_JS, ServerSettings, create_server
+from server.app import ServerSettings, create_server, socketio_client_path
 from server.codec import FrameError, decode_image
 from server.inference import FrameJob, LatestFrameQueue
 from server.overlay import colourise_attention, colourise_parts, scale_colours
@@ -250,7 +250,7 @@ def test_http_endpoints_and_no_path_traversal(server):
     page = http.get("/").data.decode()
     for path in [*re.findall(r'(?:href|src)="(/[^"]+)"', page), "/favicon.ico"]:
         assert http.get(path).status_code == 200, path
-    if SOCKETIO_JS.exists():
+    if socketio_client_path().exists():
         assert http.get("/vendor/socket.io.min.js.map").status_code == 200
     for path in ("/static/../server/app.py", "/static/%2e%2e/server/app.py", "/static/..%2fserver%2fapp.py",
                  "/static//etc/passwd"):

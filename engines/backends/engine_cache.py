@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
+from .. import settings
 from .base import BackendUnavailable
 
 KEY_FORMAT = 2  # 2: the forward code's digest is part of the key
 PROGRAM_FILE = "program.ep"
 KEY_FILE = "key.json"
 PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class StaleEngine(BackendUnavailable):
@@ -109,7 +109,7 @@ def network_code_digest(root: str | os.PathLike | None = None) -> str:
     A compiled program freezes the forward pass; any edit to the code that defines it must
     invalidate the build rather than load a stale engine silently (as the OpenVINO cache does).
     """
-    root = Path(root) if root is not None else _REPO_ROOT / "engines"
+    root = Path(root) if root is not None else settings.engines_dir()
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         if "__pycache__" in path.parts:
@@ -168,8 +168,8 @@ def make_key(model: torch.nn.Module, *, input_size: int, batch: int, precision: 
 
 
 def default_cache_dir() -> Path:
-    """``$PARTCAM_ENGINE_DIR``, else ``.cache/engines`` in the repository."""
-    return Path(os.environ.get("PARTCAM_ENGINE_DIR") or _REPO_ROOT / ".cache" / "engines")
+    """``$PARTCAM_ENGINE_DIR``, else ``engines/`` in the cache (see engines/settings.py)."""
+    return settings.engine_cache_dir()
 
 
 def rebuild_command(key: EngineKey, checkpoint: str | os.PathLike = "CHECKPOINT") -> str:

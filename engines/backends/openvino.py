@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import settings
 from ..optimize import fuse_conv_bn
 from .base import BackendUnavailable, Engine, log
 from .cpu import set_cpu_threads
@@ -66,7 +67,7 @@ class _TupleOutputs(torch.nn.Module):
 def _network_code_digest() -> str:
     """A hash of the network's source files: a changed forward pass must not reuse an old program."""
     digest = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
+    root = settings.engines_dir()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())

