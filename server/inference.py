@@ -255,14 +255,20 @@ class InferenceService:
         self._jpeg_quality = jpeg_quality
         self.max_batch = max_batch
         self._running = False
+        # Connect handlers run concurrently (real threads with --async-mode threading): without the
+        # lock two of them could both see "not running" and start two dispatchers on one queue.
+        self._start_lock = threading.Lock()
         self._idle = False
         self.frames_done = 0
         self.errors = 0
 
     def start(self) -> None:
-        if not self._running:
+        """Start the dispatcher unless it runs already; safe to call from many threads at once."""
+        with self._start_lock:
+            if self._running:
+                return
             self._running = True
-            self._spawn(self._dispatch)
+        self._spawn(self._dispatch)
 
     def stop(self) -> None:
         self._running = False

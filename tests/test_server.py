@@ -198,6 +198,49 @@ def test_a_frame_claimed_by_the_idle_worker_is_not_replaced():
     assert (job.frame_id, job.dropped) == (3, 1)
 
 
+def test_concurrent_starts_run_one_dispatcher(tiny_engines):
+    """Connect handlers start the service from many real threads at once (--async-mode threading)."""
+    import threading
+
+    from server.inference import InferenceService
+
+    class SlowToReadFlag(InferenceService):
+        """Reading the running flag takes a moment, as a thread switch at the wrong time would:
+        every starter reads it before any of them sets it, unless start() holds a lock."""
+
+        @property
+        def _running(self) -> bool:
+            value = self._flag
+            time.sleep(0.002)
+            return value
+
+        @_running.setter
+        def _running(self, value: bool) -> None:
+            self._flag = value
+
+    dispatchers: list[threading.Thread] = []
+    service: InferenceService | None = None
+
+    def spawn(fn, *args):
+        thread = threading.Thread(target=fn, args=args, daemon=True)
+        if fn == service._dispatch:
+            dispatchers.append(thread)
+        thread.start()
+        return thread
+
+    service = SlowToReadFlag(tiny_engines, deliver=lambda outcome: None, spawn=spawn, create_event=threading.Event)
+    ready = threading.Barrier(16)
+    starters = [threading.Thread(target=lambda: (ready.wait(), service.start())) for _ in range(16)]
+    for thread in starters:
+        thread.start()
+    for thread in starters:
+        thread.join()
+    service.stop()
+    for thread in dispatchers:
+        thread.join(timeout=5)
+    assert len(dispatchers) == 1
+
+
 def test_latest_frame_queue_keeps_one_frame_per_client_and_counts_drops():
     queue = LatestFrameQueue()
     for frame_id in range(3):
