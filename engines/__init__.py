@@ -5,7 +5,16 @@
 
 from .backbones import BACKBONES, get_backbone_spec, load_torchvision_weights
 from .backends import BACKENDS, BackendUnavailable, Engine, Prediction, create_engine
-from .checkpoint import CheckpointError, CheckpointMetadata, load_checkpoint, read_metadata, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMetadata,
+    LoadReport,
+    load_checkpoint,
+    load_weights,
+    read_metadata,
+    save_checkpoint,
+)
+from .config import ModelConfig
 from .merge import MERGES
 from .model import DEFAULT_SCALES, MultiScaleSegmenter, add_person_gate, build_model
 from .preprocessing import Preprocessing
@@ -23,6 +32,8 @@ __all__ = [
     "CheckpointError",
     "CheckpointMetadata",
     "Engine",
+    "LoadReport",
+    "ModelConfig",
     "MultiScaleSegmenter",
     "Prediction",
     "Preprocessing",
@@ -34,6 +45,7 @@ __all__ = [
     "get_task",
     "load_checkpoint",
     "load_torchvision_weights",
+    "load_weights",
     "read_metadata",
     "save_checkpoint",
 ]

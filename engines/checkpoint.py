@@ -10,19 +10,22 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .config import ModelConfig
 from .model import MultiScaleSegmenter, build_model
 from .preprocessing import Preprocessing
 from .tasks import get_task
 
 FORMAT_NAME = "partcam-checkpoint"
-FORMAT_VERSION = 1
+# 2: the architecture is one ``model`` object (engines/config.py). 1: its fields sat at the top
+# level; such files still load (``_upgrade``).
+FORMAT_VERSION = 2
 _HEADER_KEY = "partcam"
 
 
@@ -32,19 +35,12 @@ class CheckpointError(Exception):
 
 @dataclass
 class CheckpointMetadata:
-    task: str
+    """A checkpoint's header: what the model is (``model``), how to feed it, and where it came from."""
+
+    model: ModelConfig
     classes: list[str]
-    backbone: str
-    merge: str
-    scales: list[float]
     input_size: int
     preprocessing: dict
-    attention_width: int
-    backbone_kwargs: dict = field(default_factory=dict)
-    head_kwargs: dict = field(default_factory=dict)
-    detail_width: int = 0
-    person_gate: bool = False
-    pose_guide: dict | None = None  # PoseGuideConfig settings; None: no pose guidance
     trained: bool = False
     trained_on: str = "nothing (random weights)"
     metrics: dict = field(default_factory=dict)
@@ -57,32 +53,50 @@ class CheckpointMetadata:
     format_version: int = FORMAT_VERSION
 
     @property
+    def task(self) -> str:
+        return self.model.task
+
+    @property
     def preprocessing_spec(self) -> Preprocessing:
         return Preprocessing.from_dict(self.preprocessing)
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["model"] = self.model.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CheckpointMetadata:
+        data = _upgrade(dict(data))
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        return cls(**{**data, "model": ModelConfig.from_dict(data["model"]), "format_version": FORMAT_VERSION})
+
+
+def _upgrade(data: dict) -> dict:
+    """Format 1 → 2: gather the top-level architecture fields into ``model``."""
+    if int(data.get("format_version", 1)) >= 2:
+        return data
+    architecture = {f.name for f in fields(ModelConfig)}
+    model = {key: data.pop(key) for key in list(data) if key in architecture}
+    model.setdefault("num_classes", len(data.get("classes", [])) or None)
+    data["model"] = model
+    return data
 
 
 def metadata_for(model: MultiScaleSegmenter, **overrides) -> CheckpointMetadata:
     """Metadata describing ``model``; keyword arguments fill or override fields."""
-    config = model.config
     preprocessing = overrides.pop("preprocessing", model.preprocessing)
     if isinstance(preprocessing, Preprocessing):
         preprocessing = preprocessing.to_dict()
     values = {
-        "task": config["task"],
-        "classes": list(get_task(config["task"]).classes),
-        "backbone": config["backbone"],
-        "merge": config["merge"],
-        "scales": list(config["scales"]),
+        "model": model.config,
+        "classes": list(get_task(model.config.task).classes),
         "input_size": 321,
         "preprocessing": preprocessing,
-        "attention_width": config["attention_width"],
-        "backbone_kwargs": dict(config.get("backbone_kwargs", {})),
-        "head_kwargs": dict(config.get("head_kwargs", {})),
-        "detail_width": int(config.get("detail_width", 0)),
-        "person_gate": bool(config.get("person_gate", False)),
-        "pose_guide": config.get("pose_guide"),
     }
-    unknown = set(overrides) - set(CheckpointMetadata.__dataclass_fields__)
+    unknown = set(overrides) - {f.name for f in fields(CheckpointMetadata)}
     if unknown:
         raise TypeError(f"unknown checkpoint metadata field(s): {', '.join(sorted(unknown))}")
     values.update(overrides)
@@ -104,7 +118,7 @@ def save_checkpoint(path: str | os.PathLike, model: MultiScaleSegmenter, *, half
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(state, tmp, metadata={_HEADER_KEY: json.dumps(asdict(meta))})
+        save_file(state, tmp, metadata={_HEADER_KEY: json.dumps(meta.to_dict())})
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
@@ -136,11 +150,59 @@ def read_metadata(path: str | os.PathLike) -> CheckpointMetadata:
         if int(data.get("format_version", 0)) > FORMAT_VERSION:
             raise CheckpointError(f"{path}: checkpoint format {data['format_version']} is newer than this "
                                   f"PartCam understands ({FORMAT_VERSION})")
-        return CheckpointMetadata(**data)
+        return CheckpointMetadata.from_dict(data)
     except CheckpointError:
         raise
     except (TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: malformed PartCam metadata ({exc})") from None
+
+
+# State-dict keys never stored in checkpoints: the pose model's weights come from the set-up cache.
+NOT_STORED_PREFIXES: tuple[str, ...] = ("pose_guide.pose.",)
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` matched: tensors loaded, and those missing, unexpected or of another shape."""
+
+    loaded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]  # "key: file shape vs model shape"
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 8) -> str:
+        """One line: the counts, then up to ``limit`` names of each kind."""
+        parts = [f"{len(self.loaded)} tensors loaded"]
+        for kind, names in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("shape mismatch", self.mismatched)):
+            if names:
+                more = f", … {len(names) - limit} more" if len(names) > limit else ""
+                parts.append(f"{len(names)} {kind}: {', '.join(names[:limit])}{more}")
+        return "; ".join(parts)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, allow_partial: bool = False,
+                 source: str = "checkpoint") -> LoadReport:
+    """Load ``state`` into ``model`` by name; anything that does not match is an error listing it.
+
+    ``allow_partial`` loads what matches (name and shape) and returns the report instead, for
+    deliberately changed architectures (fine-tuning with a new head, say): the caller reports it.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(NOT_STORED_PREFIXES)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in state if k in own and state[k].shape != own[k].shape]
+    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    report = LoadReport(loaded=sorted(usable), missing=missing, unexpected=unexpected, mismatched=mismatched)
+    if not report.complete and not allow_partial:
+        raise CheckpointError(f"{source}: weights do not match the model ({report.describe()})")
+    model.load_state_dict(usable, strict=False)
+    return report
 
 
 def load_checkpoint(path: str | os.PathLike, *, task: str | None = None,
@@ -158,24 +220,15 @@ def load_checkpoint(path: str | os.PathLike, *, task: str | None = None,
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first_line})") from None
     try:
-        model = build_model(task=meta.task, backbone=meta.backbone, merge=meta.merge, scales=meta.scales,
-                            attention_width=meta.attention_width, backbone_kwargs=meta.backbone_kwargs,
-                            head_kwargs=meta.head_kwargs, detail_width=meta.detail_width,
-                            num_classes=len(meta.classes), person_gate=meta.person_gate,
-                            pose_guide=meta.pose_guide)
+        model = build_model(meta.model)
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise CheckpointError(f"{path}: cannot build its model: {exc}") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        reason = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shape mismatch")
-        raise CheckpointError(f"{path}: weights do not fit the {meta.backbone}/{meta.merge} model ({reason})") from None
-    # The pose model's weights are not in checkpoints: they come from the set-up cache.
-    missing = [k for k in missing if not k.startswith("pose_guide.pose.")]
-    if missing or unexpected:
-        detail = ", ".join([*(f"missing {k}" for k in missing[:3]), *(f"unexpected {k}" for k in unexpected[:3])])
-        raise CheckpointError(f"{path}: weights do not match the {meta.backbone}/{meta.merge} model ({detail})")
+        load_weights(model, state, source=f"{path}")
+    except CheckpointError as exc:
+        model_name = f"{meta.model.backbone}/{meta.model.merge}"
+        raise CheckpointError(f"{exc} (the {model_name} model its header describes)") from None
     model.preprocessing = meta.preprocessing_spec
     model.metadata = meta
     return model.to(device).eval()

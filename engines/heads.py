@@ -6,13 +6,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .backbones.contract import BackboneOutputs, backbone_outputs
+
 
 class LinearHead(nn.Module):
     """DeepLab's head: the backbone's last features (fc7) are the features; no extra layers."""
 
-    def __init__(self, channels: dict[str, int]) -> None:
+    def __init__(self, outputs: BackboneOutputs) -> None:
         super().__init__()
-        self.out_channels = channels["out"]
+        self.out_channels = outputs.out
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return feats["out"]
@@ -42,16 +44,19 @@ class LightHead(nn.Module):
     so a person-aware encoder's silhouette reaches the classifier directly.
     """
 
-    def __init__(self, channels: dict[str, int], width: int = 128, low_width: int = 32, refine: int = 0) -> None:
+    def __init__(self, outputs: BackboneOutputs, width: int = 128, low_width: int = 32, refine: int = 0) -> None:
         super().__init__()
+        if outputs.low is None:
+            raise ValueError("the light head needs a backbone with stride-8 'low' features")
         self.deep = nn.Sequential(
-            nn.Conv2d(channels["out"], width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+            nn.Conv2d(outputs.out, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
-        self.gate = nn.Conv2d(channels["out"], width, 1)
+        self.gate = nn.Conv2d(outputs.out, width, 1)
         self.low = nn.Sequential(
-            nn.Conv2d(channels["low"], low_width, 1, bias=False), nn.BatchNorm2d(low_width), nn.ReLU(inplace=True)
+            nn.Conv2d(outputs.low, low_width, 1, bias=False), nn.BatchNorm2d(low_width), nn.ReLU(inplace=True)
         )
-        extra = channels.get("mask", 0)
+        self.uses_mask = outputs.mask is not None
+        extra = outputs.mask or 0
         self.fuse = nn.Sequential(
             nn.Conv2d(width + low_width + extra, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
@@ -66,7 +71,7 @@ class LightHead(nn.Module):
         deep = self.deep(deep) * gate
         deep = F.interpolate(deep, size=low.shape[-2:], mode="bilinear", align_corners=False)
         parts = [deep, self.low(low)]
-        if "mask" in feats:
+        if self.uses_mask:
             parts.append(F.interpolate(feats["mask"], size=low.shape[-2:], mode="bilinear", align_corners=False))
         return self.refine(self.fuse(torch.cat(parts, dim=1)))
 
@@ -113,6 +118,7 @@ class SegmentationNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, head: nn.Module, classifier: nn.Module) -> None:
         super().__init__()
+        self.outputs = backbone_outputs(backbone, type(backbone).__name__)
         self.backbone = backbone
         self.head = head
         self.classifier = classifier
@@ -128,8 +134,8 @@ class SegmentationNet(nn.Module):
     def classify(self, backbone_out: dict[str, torch.Tensor], features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class scores from encoded features, plus what the multi-scale wrapper and losses read."""
         out = {"features": features, "logits": self.classifier(features)}
-        if "mask" in backbone_out:  # a person-aware encoder's own silhouette, for its training loss
+        if self.outputs.mask is not None:  # a person-aware encoder's own silhouette, for its training loss
             out["person_logits"] = backbone_out["mask"]
-        if "detail" in backbone_out:  # early stride-4 features, for a detail refiner after the merge
+        if self.outputs.detail is not None:  # early stride-4 features, for a detail refiner after the merge
             out["detail"] = backbone_out["detail"]
         return out

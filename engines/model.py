@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import get_backbone_spec
+from .backbones import backbone_outputs, get_backbone_spec
+from .config import DEFAULT_SCALES, ModelConfig, config_from
 from .heads import HEADS, DetailRefiner, SegmentationNet
-from .merge import MERGES, AttentionMerge, AverageMerge, MaxMerge, ScaleMerge, SingleScale
+from .merge import AttentionMerge, AverageMerge, MaxMerge, ScaleMerge, SingleScale
 from .person_gate import PersonGate
 from .preprocessing import Preprocessing
 from .tasks import get_task
 
-DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.75, 0.5)
+__all__ = ["DEFAULT_SCALES", "ModelConfig", "MultiScaleSegmenter", "add_person_gate", "add_pose_guide",
+           "build_model", "scaled_size"]
 
 
 def scaled_size(length: int, scale: float) -> int:
@@ -29,17 +32,30 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+ScoreKind = Literal["logits", "log_probs"]
+
+
 class MultiScaleSegmenter(nn.Module):
     """Runs ``net`` on the input at each scale with shared weights and merges the score maps.
 
-    Eval mode returns ``{"logits", "attention"}``; train mode adds ``"scale_logits"``, each
-    scale's scores on the same grid as ``"logits"``, for the extra supervision loss, and, for a
-    person-aware encoder, ``"person_logits"``: its own person mask at scale 1.
+    In eval mode the result holds the class scores under one key that says what they are:
+    ``"logits"`` (raw scores) for the network alone, ``"log_probs"`` (log-probabilities) once a
+    person gate or pose guide has decided them; see :attr:`score_kind`. Either way they lie on a
+    grid that spans the whole input (the network's stride-8 grid, the pose guide's 1/4 grid, or
+    the input's own pixels), so the labels come from resizing them to the input
+    (``engines/predict.py``). ``"attention"`` holds the scale weights or None.
+
+    Train mode returns ``"logits"`` plus ``"scale_logits"``, each scale's scores on the same grid,
+    for the extra supervision loss, and, for a person-aware encoder, ``"person_logits"``: its own
+    person mask at scale 1.
     """
+
+    metadata: Any  # the CheckpointMetadata it was loaded from; None when built in memory
 
     def __init__(self, net: SegmentationNet, scales: Sequence[float], merge: ScaleMerge,
                  person_gate: nn.Module | None = None, refiner: DetailRefiner | None = None,
-                 pose_guide: nn.Module | None = None) -> None:
+                 pose_guide: nn.Module | None = None, *, config: ModelConfig,
+                 preprocessing: Preprocessing) -> None:
         super().__init__()
         self.person_gate = person_gate
         self.pose_guide = pose_guide
@@ -49,6 +65,14 @@ class MultiScaleSegmenter(nn.Module):
         self.net = net
         self.scales = tuple(float(s) for s in scales)
         self.merge = merge
+        self.config = config
+        self.preprocessing = preprocessing
+        self.metadata = None
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        """What the eval-mode scores are, and so the key they come under."""
+        return "log_probs" if self.person_gate is not None or self.pose_guide is not None else "logits"
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
         return self.fuse(x, [self.net(xs) for xs in self.scaled_inputs(x)])
@@ -86,7 +110,8 @@ class MultiScaleSegmenter(nn.Module):
             fused = self.pose_guide(x, fused)
         elif self.person_gate is not None and not self.training:
             fused = self.person_gate(x, fused)  # log-probabilities at the input's size
-        result: dict[str, torch.Tensor | list[torch.Tensor] | None] = {"logits": fused, "attention": attention}
+        kind = "logits" if self.training else self.score_kind
+        result: dict[str, torch.Tensor | list[torch.Tensor] | None] = {kind: fused, "attention": attention}
         if self.training:
             result["scale_logits"] = logits
             if person_logits is not None:
@@ -94,80 +119,56 @@ class MultiScaleSegmenter(nn.Module):
         return result
 
 
-def build_model(
-    *,
-    task: str,
-    backbone: str = "mobilenetv3_large",
-    merge: str = "attention",
-    scales: Sequence[float] = DEFAULT_SCALES,
-    attention_width: int | None = None,
-    backbone_kwargs: dict | None = None,
-    head_kwargs: dict | None = None,
-    detail_width: int = 0,
-    num_classes: int | None = None,
-    person_gate: bool = False,
-    pose_guide: dict | None = None,
-) -> MultiScaleSegmenter:
-    """Build an attention-to-scale model with random weights.
+def build_model(config: ModelConfig | Mapping[str, Any] | None = None, /, **options: Any) -> MultiScaleSegmenter:
+    """Build an attention-to-scale model with random weights from its description.
 
-    ``merge="single"`` runs scale 1 alone whatever ``scales`` says. ``person_gate`` adds a frozen
-    real-photo person segmenter that decides person vs background at inference
+    ``config`` is a :class:`ModelConfig` (or its dict form); keyword ``options`` are its fields and
+    override it, so ``build_model(task="parts", merge="max")`` also works. ``merge="single"`` runs
+    scale 1 alone whatever ``scales`` says. ``person_gate`` adds a frozen real-photo person segmenter
     (``engines/person_gate.py``; load its weights with ``load_selfie_weights``). ``detail_width`` > 0
-    adds a ``DetailRefiner`` of that width after the merge, for backbones with stride-4
-    ``"detail"`` features; the fused scores then come out at stride 4. ``pose_guide`` (settings of
-    :class:`engines.pose.guide.PoseGuideConfig`) adds a real-trained pose model whose skeletons
+    adds a ``DetailRefiner`` after the merge, for backbones with stride-4 detail features; the fused
+    scores then come out at stride 4. ``pose_guide`` adds a real-trained pose model whose skeletons
     steer the part labels at inference (its weights come from the set-up cache, not the checkpoint).
-    The model carries its
-    configuration in ``model.config`` so that checkpoints can record it.
+    ``model.config`` holds the description with every default filled in.
     """
-    task_spec = get_task(task)
-    spec = get_backbone_spec(backbone)
-    if merge not in MERGES:
-        raise KeyError(f"unknown merge {merge!r}; valid merges: {', '.join(MERGES)}")
-    scales = (1.0,) if merge == "single" else tuple(float(s) for s in scales)
-    classes = num_classes if num_classes is not None else task_spec.num_classes
-    width = attention_width if attention_width is not None else spec.attention_width
+    config = config_from(config, **options)
+    task_spec = get_task(config.task)
+    spec = get_backbone_spec(config.backbone)
+    config = config.replace(
+        num_classes=config.num_classes if config.num_classes is not None else task_spec.num_classes,
+        attention_width=config.attention_width if config.attention_width is not None else spec.attention_width,
+    )
+    classes = config.num_classes
 
-    body = spec.builder(**(backbone_kwargs or {}))
+    body = spec.builder(**config.backbone_kwargs)
+    outputs = backbone_outputs(body, config.backbone)
     try:
-        head = HEADS[spec.head](body.channels, **(head_kwargs or {}))
+        head = HEADS[spec.head](outputs, **config.head_kwargs)
     except TypeError as exc:  # an option this backbone's head does not have
-        raise ValueError(f"{spec.head} head of {backbone}: bad head_kwargs {head_kwargs!r} ({exc})") from None
+        raise ValueError(f"{spec.head} head of {config.backbone}: bad head_kwargs {dict(config.head_kwargs)!r} "
+                         f"({exc})") from None
     classifier = nn.Conv2d(head.out_channels, classes, 1)
     net = SegmentationNet(body, head, classifier)
     refiner = None
-    if detail_width:
-        if "detail" not in body.channels:
-            raise ValueError(f"{backbone} has no stride-4 detail features for detail_width={detail_width}")
-        refiner = DetailRefiner(classes, body.channels["detail"], width=int(detail_width))
+    if config.detail_width:
+        if outputs.detail is None:
+            raise ValueError(f"{config.backbone} has no stride-4 detail features for "
+                             f"detail_width={config.detail_width}")
+        refiner = DetailRefiner(classes, outputs.detail, width=config.detail_width)
 
     merge_module: ScaleMerge
-    if merge == "attention":
-        merge_module = AttentionMerge(head.out_channels, len(scales), width=width)
+    if config.merge == "attention":
+        merge_module = AttentionMerge(head.out_channels, len(config.scales), width=config.attention_width)
     else:
-        merge_module = {"max": MaxMerge, "average": AverageMerge, "single": SingleScale}[merge]()
-    gate = PersonGate(spec.preprocessing) if person_gate else None
+        merge_module = {"max": MaxMerge, "average": AverageMerge, "single": SingleScale}[config.merge]()
+    gate = PersonGate(spec.preprocessing) if config.person_gate else None
     guide = None
-    if pose_guide is not None:
-        from .pose.guide import PoseGuide, PoseGuideConfig
+    if config.pose_guide is not None:
+        from .pose.guide import PoseGuide
 
-        guide = PoseGuide(PoseGuideConfig.from_dict(pose_guide), spec.preprocessing, task)
-    model = MultiScaleSegmenter(net, scales, merge_module, person_gate=gate, refiner=refiner, pose_guide=guide)
-    model.config = {
-        "task": task,
-        "backbone": backbone,
-        "merge": merge,
-        "scales": list(scales),
-        "attention_width": width,
-        "backbone_kwargs": dict(backbone_kwargs or {}),
-        "head_kwargs": dict(head_kwargs or {}),
-        "detail_width": int(detail_width),
-        "num_classes": classes,
-        "person_gate": bool(person_gate),
-        "pose_guide": guide.config.to_dict() if guide is not None else None,
-    }
-    model.preprocessing = spec.preprocessing
-    return model
+        guide = PoseGuide(config.pose_guide, spec.preprocessing, config.task)
+    return MultiScaleSegmenter(net, config.scales, merge_module, person_gate=gate, refiner=refiner,
+                               pose_guide=guide, config=config, preprocessing=spec.preprocessing)
 
 
 def add_person_gate(model: MultiScaleSegmenter) -> MultiScaleSegmenter:
@@ -177,14 +178,14 @@ def add_person_gate(model: MultiScaleSegmenter) -> MultiScaleSegmenter:
     inference (``engines/person_gate.py``). Works for any backbone, since the gate undoes the
     model's own input normalisation.
     """
-    from .backbones.selfie import load_selfie_weights  # converts the npm TFLite file on first use
+    from .importers.selfie_tflite import load_selfie_weights  # converts the npm TFLite file on first use
 
     if model.person_gate is not None:
         raise ValueError("model already has a person gate")
     gate = PersonGate(model.preprocessing)
     load_selfie_weights(gate)
     model.person_gate = gate.to(next(model.parameters()).device).train(model.training)
-    model.config = {**getattr(model, "config", {}), "person_gate": True}
+    model.config = model.config.replace(person_gate=True)
     return model
 
 
@@ -197,12 +198,8 @@ def add_pose_guide(model: MultiScaleSegmenter, settings: dict | None = None) -> 
     from .pose.guide import PoseGuide, PoseGuideConfig
 
     config = PoseGuideConfig.from_dict(settings or {})
-    guide = PoseGuide(config, model.preprocessing, model.config["task"])
+    guide = PoseGuide(config, model.preprocessing, model.config.task)
     model.pose_guide = guide.to(next(model.parameters()).device).train(model.training)
-    model.config = {**model.config, "pose_guide": config.to_dict()}
+    model.config = model.config.replace(pose_guide=config)
     return model
 
-
-def default_preprocessing(backbone: str) -> Preprocessing:
-    """The normalisation a backbone was designed for."""
-    return get_backbone_spec(backbone).preprocessing

@@ -198,7 +198,7 @@ def run_checkpoints(args: argparse.Namespace) -> list[dict]:
     for size in sizes:
         group = {}
         for path, model in models.items():
-            _, info = model_info(model.metadata.backbone, model.metadata.merge, size, model=model)
+            _, info = model_info(model.config.backbone, model.config.merge, size, model=model)
             for backend in args.cpu_backends:
                 engine = create_engine(model, backend, size, threads=args.threads)
                 group[f"{path}|{backend}"] = ({**info, "checkpoint": str(path)}, backend, engine)

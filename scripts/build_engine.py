@@ -41,6 +41,7 @@ from engines.backends.tensorrt import (
     save_program,
 )
 from engines.importers.caffe_forward import with_recorded_resampling
+from engines.predict import class_scores
 from engines.preprocessing import Preprocessing
 
 EXIT_UNAVAILABLE = 2
@@ -120,7 +121,7 @@ def compare_with_eager(program, model: torch.nn.Module, size: int, batch: int, p
                 x = image_like_batch(batch, size, model.preprocessing, generator)
             x = x.to(device)
             with torch.inference_mode():
-                expected = reference(x)["logits"].float()
+                expected = class_scores(reference(x)).float()
                 got = program(x.to(dtype))[0].float()
             agree += int((expected.argmax(1) == got.argmax(1)).sum())
             total += expected.shape[0] * expected.shape[2] * expected.shape[3]

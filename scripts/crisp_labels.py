@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.nn import functional as F
 
-    from engines.backends.base import _nearest_resize, letterbox, upsampled_labels
+    from engines.backends.base import letterbox
+    from engines.predict import nearest_resize, upsampled_labels
     from engines.shipped import load_default_engine
     from engines.tasks import TASKS
     from server.overlay import colourise_parts
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scores from {float(region.min()):.3g} to {float(region.max()):.3g}")
 
         def old() -> np.ndarray:
-            return _nearest_resize(region.max(dim=0).indices.to(torch.uint8).numpy(), height, width)
+            return nearest_resize(region.max(dim=0).indices.to(torch.uint8).numpy(), height, width)
 
         def dense() -> np.ndarray:
             up = F.interpolate(region.clamp(min=-1e30)[None], size=(height, width), mode="bilinear",

@@ -6,9 +6,11 @@
     python scripts/evaluate.py --checkpoint CKPT --dataset synthetic --root data/synth_test --by-person-size
     python scripts/evaluate.py --checkpoint CKPT --dataset synthetic --root data/synth_test --by-outline-distance
 
-Each whole image is letterboxed to the input size exactly as the engines do, the logits are
-upsampled bilinearly back to the label's own resolution, and every labelled pixel counts
+Each whole image is labelled by an engine (``--engine``, default eager PyTorch on the CPU), the
+same code the server runs: letterboxed to the input size, class scores resized bilinearly to the
+label's own resolution, then the argmax (``engines/predict.py``). Every labelled pixel counts
 (255 = ignore). Prints a table like the paper's; the last line is ``mIoU: <percent>``.
+``--save-labels DIR`` writes each image's predicted labels as a PNG of class indices.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
+from PIL import Image
 
-from engines import CheckpointError, load_checkpoint
+from engines import BACKENDS, BackendUnavailable, CheckpointError, create_engine, read_metadata
 from training.datasets import DATASETS, open_dataset
 from training.metrics import describe_person_size, evaluate_model, format_error_distances
 
@@ -51,20 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--by-outline-distance", action="store_true",
                    help="also break the mistakes down by distance from the true person outline")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--engine", default="cpu", choices=("auto", *BACKENDS),
+                   help="runtime that labels the images, as the server's --engine (default cpu: eager float32)")
+    p.add_argument("--precision", default="fp16", help="GPU engines' precision (fp16, bf16, fp32)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--save-labels", type=Path, metavar="DIR", help="write each image's labels here as a PNG")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, args.threads))
     try:
-        model = load_checkpoint(args.checkpoint, device=device)
+        meta = read_metadata(args.checkpoint)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    meta = model.metadata
     cls = DATASETS[args.dataset]
     if meta.task not in cls.tasks:
         print(f"error: {args.checkpoint} parses {meta.task!r}; {args.dataset} has labels for "
@@ -77,17 +79,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     input_size = args.input_size or meta.input_size
+    try:
+        engine = create_engine(args.checkpoint, args.engine, input_size, threads=max(1, args.threads),
+                               precision=args.precision, cpu_precision="f32")
+    except (CheckpointError, BackendUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    on_labels = None
+    if args.save_labels:
+        args.save_labels.mkdir(parents=True, exist_ok=True)
+
+        def on_labels(index: int, labels: np.ndarray) -> None:
+            Image.fromarray(labels).save(args.save_labels / f"{index:06d}.png")
 
     started = time.monotonic()
-    result = evaluate_model(model, dataset, input_size=input_size, device=device, limit=args.limit,
-                            batch_size=args.batch_size, progress=args.progress, by_person_size=args.by_person_size,
-                            by_outline_distance=args.by_outline_distance)
+    result = evaluate_model(engine, dataset, limit=args.limit, batch_size=args.batch_size, progress=args.progress,
+                            by_person_size=args.by_person_size, by_outline_distance=args.by_outline_distance,
+                            on_labels=on_labels)
     seconds = time.monotonic() - started
     result.update(checkpoint=str(args.checkpoint), dataset=args.dataset, root=str(args.root), split=dataset.split,
-                  task=meta.task, input_size=input_size, backbone=meta.backbone, merge=meta.merge,
-                  scales=meta.scales, trained_on=meta.trained_on, seconds=seconds)
+                  task=meta.task, engine=engine.describe()["engine"], input_size=input_size,
+                  backbone=meta.model.backbone, merge=meta.model.merge, scales=list(meta.model.scales),
+                  trained_on=meta.trained_on, seconds=seconds)
 
-    label = f"{meta.backbone}/{meta.merge}"
+    label = f"{meta.model.backbone}/{meta.model.merge}"
     print(f"\n{meta.task} on {dataset.describe()}, {result['images']} images at input {input_size}, "
           f"{seconds:.1f} s")
     print(f"checkpoint {args.checkpoint} (trained on: {meta.trained_on})\n")

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     meta = model.metadata
-    if args.person_gate and meta.person_gate:
+    if args.person_gate and meta.model.person_gate:
         print(f"error: {args.checkpoint} already has a person gate", file=sys.stderr)
         return 2
 
@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                             trained_on=args.trained_on or meta.trained_on, metrics=metrics, notes=notes)
     size_mb = args.out.stat().st_size / 1e6
     print(f"wrote {args.out} ({size_mb:.1f} MB, {'fp16' if args.half else 'float32'}, "
-          f"{saved.task}, {saved.backbone}/{saved.merge}, person gate {'on' if saved.person_gate else 'off'}, "
-          f"pose guide {saved.pose_guide or 'off'}, input {saved.input_size})")
+          f"{saved.task}, {saved.model.backbone}/{saved.model.merge}, "
+          f"person gate {'on' if saved.model.person_gate else 'off'}, "
+          f"pose guide {saved.model.pose_guide or 'off'}, input {saved.input_size})")
     return 0
 
 

@@ -215,7 +215,7 @@ def test_head_refinement_starts_as_the_identity_and_survives_a_checkpoint(tmp_pa
         path = tmp_path / "refined.safetensors"
         save_checkpoint(path, refined)
         loaded = load_checkpoint(path)
-        assert loaded.metadata.head_kwargs == {"refine": 2}
+        assert loaded.metadata.model.head_kwargs == {"refine": 2}
         assert torch.equal(refined(x)["logits"], loaded(x)["logits"])
         assert not torch.equal(plain(x)["logits"], loaded(x)["logits"])
     with pytest.raises(ValueError, match="bad head_kwargs"):
@@ -238,7 +238,7 @@ def test_detail_refiner_starts_as_upsampling_and_survives_a_checkpoint(tmp_path,
         path = tmp_path / "detail.safetensors"
         save_checkpoint(path, refined)
         loaded = load_checkpoint(path)
-        assert loaded.metadata.detail_width == 16
+        assert loaded.metadata.model.detail_width == 16
         assert torch.equal(refined(x)["logits"], loaded(x)["logits"])
         assert not torch.allclose(upsampled, loaded(x)["logits"], atol=1e-3)
     labels = create_engine(path, backend="cpu").infer([np.zeros((40, 70, 3), np.uint8)])[0].labels

@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 from test_datasets import _all_values, _write_pair, make_synthetic
 
-from engines import build_model, save_checkpoint
+from engines import build_model, create_engine, save_checkpoint
+from engines.predict import predict_labels
 from training.datasets import SyntheticPeople
 from training.metrics import (
     PERSON_SIZES,
     error_distances,
     evaluate_model,
     person_size,
-    predict_full_resolution,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,13 +94,29 @@ def test_evaluate_real_dataset_skips_classes_it_never_labels(tmp_path):
 def test_predictions_come_back_at_each_label_size(tmp_path):
     model = build_model(task="parts", merge="max").eval()
     frames = [np.zeros((37, 61, 3), np.uint8), np.zeros((50, 20, 3), np.uint8)]
-    labels = predict_full_resolution(model, frames, 48, torch.device("cpu"))
+    labels = predict_labels(model, frames, 48, torch.device("cpu"))
     assert [lab.shape for lab in labels] == [(37, 61), (50, 20)]
     dataset = SyntheticPeople(make_synthetic(tmp_path / "s", 2, size=32))
     model.train()
     result = evaluate_model(model, dataset, input_size=48, limit=1)
     assert result["images"] == 1 and np.asarray(result["confusion"]).sum() == 32 * 32
     assert model.training  # put back in the mode it was in
+
+
+def test_evaluate_labels_are_exactly_the_engines(tmp_path):
+    """The mIoU evaluate.py reports is that of the labels the server sends for the same frame."""
+    checkpoint = _checkpoint(tmp_path / "c.safetensors", "clothes")
+    root = make_synthetic(tmp_path / "s", 2, size=40)
+    out = _evaluate("--checkpoint", str(checkpoint), "--dataset", "synthetic", "--root", str(root),
+                    "--save-labels", str(tmp_path / "labels"))
+    assert out.returncode == 0, out.stderr
+    engine = create_engine(checkpoint, "cpu", threads=1)
+    dataset = SyntheticPeople(root)
+    for index in range(len(dataset)):
+        rgb, _ = dataset.read(index)
+        served = engine.infer([rgb])[0].labels
+        scored = np.asarray(Image.open(tmp_path / "labels" / f"{index:06d}.png"))
+        assert scored.shape == served.shape and np.array_equal(scored, served)
 
 
 def test_person_size_bins_add_up_to_the_whole_set(tmp_path):
@@ -163,7 +179,7 @@ def test_package_model_adds_a_gate_in_fp16_and_records_what_it_measured(tmp_path
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr
     meta = read_metadata(out)
-    assert meta.person_gate and meta.trained_on == "two test renders" and meta.input_size == 48
+    assert meta.model.person_gate and meta.trained_on == "two test renders" and meta.input_size == 48
     assert "MediaPipe" in meta.notes
     for prefix in ("synthetic_test", "synthetic_test_without_gate"):
         assert 0 <= meta.metrics[f"{prefix}_miou"] <= 1

@@ -168,7 +168,7 @@ def test_attention_model_imports_exactly(files, with_prototxt, tmp_path):
 def test_max_over_scales_imports_as_max(files, with_prototxt):
     result = import_caffemodel(files["max"], task="parts", prototxt=files["max.prototxt"] if with_prototxt else None)
     assert (result.merge, result.scales, result.attention_width) == ("max", [1.0, 0.75, 0.5], None)
-    assert result.warnings == [] and result.model.config["merge"] == "max"
+    assert result.warnings == [] and result.model.config.merge == "max"
 
 
 def test_v1_largefov_keeps_pool5a(files, tmp_path):
@@ -179,7 +179,7 @@ def test_v1_largefov_keeps_pool5a(files, tmp_path):
     result = import_caffemodel(files["largefov"], task="parts", out=out, prototxt=files["largefov.prototxt"])
     assert (result.merge, result.scales, result.pool5a, result.warnings) == ("single", [1.0], True, [])
     model = load_checkpoint(out)
-    assert model.metadata.backbone_kwargs == {"fc_channels": FC, "pool5a": True}
+    assert model.metadata.model.backbone_kwargs == {"fc_channels": FC, "pool5a": True}
     assert model.net.backbone.pool5a is not None
     weights = nets.random_weights(nets.largefov_v1())
     state = model.state_dict()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from engines.backends.base import upsampled_labels
+from engines.predict import upsampled_labels
 
 
 def dense_labels(scores: torch.Tensor, height: int, width: int) -> np.ndarray:

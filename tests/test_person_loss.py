@@ -55,7 +55,7 @@ def test_person_gate_factors_person_and_part_and_survives_a_checkpoint(tmp_path)
     path = tmp_path / "gated.safetensors"
     save_checkpoint(path, model)
     loaded = load_checkpoint(path)
-    assert loaded.metadata.person_gate and loaded.person_gate is not None
+    assert loaded.metadata.model.person_gate and loaded.person_gate is not None
     with torch.no_grad():
         assert torch.equal(loaded(x)["logits"], out["logits"])
     assert model.train()(x)["logits"].shape[-2:] != (65, 81)  # training sees the ungated grid scores

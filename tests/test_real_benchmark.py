@@ -114,7 +114,7 @@ def test_pose_guided_checkpoints_keep_settings_not_movenet_weights(tmp_path):
     model = add_pose_guide(build_model(task="clothes", backbone="mobilenetv3_large"), {"input_sizes": [256]}).eval()
     path = tmp_path / "guided.safetensors"
     meta = save_checkpoint(path, model, input_size=161)
-    assert meta.pose_guide["input_sizes"] == [256]
+    assert meta.model.pose_guide.input_sizes == (256,)
     with safe_open(str(path), "pt") as handle:
         assert not [key for key in handle.keys() if key.startswith("pose_guide.")]  # noqa: SIM118
     loaded = load_checkpoint(path)

@@ -8,15 +8,17 @@ import torch
 
 from engines import build_model, load_checkpoint, save_checkpoint
 from engines.backbones import BACKBONES, register_backbone
-from engines.backbones.selfie import SPEC, SelfieSegmentation, load_selfie_weights, selfie_encoder
-from engines.backbones.selfie_convert import (
+from engines.backbones.selfie import SPEC, SelfieSegmentation, selfie_encoder
+from engines.importers.selfie_tflite import (
     COMPARED_TENSORS,
-    TFLITE_PATH,
     load_or_convert,
+    load_selfie_weights,
     relative_errors,
     sample_inputs,
+    tflite_path,
 )
 
+TFLITE_PATH = tflite_path()
 NOT_INSTALLED = f"{TFLITE_PATH.name} not installed: run `npm ci` (npm @mediapipe/selfie_segmentation)"
 needs_tflite = pytest.mark.skipif(not TFLITE_PATH.is_file(), reason=NOT_INSTALLED)
 
@@ -87,8 +89,8 @@ def test_any_input_size(size):
     model = selfie_encoder().eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, size, size + 14))
-    assert out["out"].shape == (2, model.channels["out"], -(-size // 16), -(-(size + 14) // 16))
-    assert out["low"].shape == (2, model.channels["low"], -(-size // 8), -(-(size + 14) // 8))
+    assert out["out"].shape == (2, model.outputs.out, -(-size // 16), -(-(size + 14) // 16))
+    assert out["low"].shape == (2, model.outputs.low, -(-size // 8), -(-(size + 14) // 8))
     assert out["mask"].shape == (2, 1, size, size + 14)
     assert model.output_stride == 16
 
@@ -108,7 +110,7 @@ def test_attention_model_checkpoint_needs_no_npm_package(converted, tmp_path):
     model = build_model(task="parts", backbone="selfie", merge="attention")
     backbone = load_selfie_weights(model)
     assert torch.equal(backbone.stem.weight, converted["stem.weight"])
-    assert model.config["backbone_kwargs"] == {}
+    assert model.config.backbone_kwargs == {}
     model.eval()
     x = torch.rand(1, 3, 97, 97)
     with torch.no_grad():

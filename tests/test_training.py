@@ -100,9 +100,9 @@ def test_a_few_training_steps_reduce_the_loss(tiny_data, tmp_path):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
     model = load_checkpoint(run / "best.safetensors")
     assert model.metadata.trained and "synthetic" in model.metadata.trained_on
-    assert model.metadata.merge == "attention" and model.metadata.input_size == 48
-    assert model.metadata.head_kwargs == {"refine": 1} and len(model.net.head.refine) == 1
-    assert model.metadata.detail_width == 8 and model.refiner is not None
+    assert model.metadata.model.merge == "attention" and model.metadata.input_size == 48
+    assert model.metadata.model.head_kwargs == {"refine": 1} and len(model.net.head.refine) == 1
+    assert model.metadata.model.detail_width == 8 and model.refiner is not None
     assert (run / "curves.png").stat().st_size > 1000
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 14 and summary["finished"]
@@ -194,7 +194,7 @@ def test_joint_training_writes_one_ordinary_checkpoint_per_task(tiny_data, tmp_p
         together = joint(x)
         for task, classes in (("parts", 7), ("clothes", 6)):
             alone = load_checkpoint(run / f"best-{task}.safetensors")
-            assert alone.metadata.task == task and alone.config["num_classes"] == classes
+            assert alone.metadata.task == task and alone.config.num_classes == classes
             assert torch.allclose(alone(x)["logits"], together[task]["logits"], atol=1e-5)
     shared = joint.tasks["parts"].net.backbone
     assert shared is joint.tasks["clothes"].net.backbone

@@ -7,14 +7,15 @@ mean over the classes the dataset can score (LIP and CIHP have no bag) whose uni
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines.backends.base import letterbox
+from engines.backends.base import Engine
+from engines.predict import predict_labels
 from engines.tasks import get_task
 
 IGNORE_INDEX = 255
@@ -73,21 +74,6 @@ def summarise(confusion: np.ndarray, class_names: Sequence[str], classes: Sequen
                 for i, name in enumerate(class_names)},
         "confusion": confusion.astype(int).tolist(),
     }
-
-
-@torch.no_grad()
-def predict_full_resolution(model: torch.nn.Module, frames: list[np.ndarray], input_size: int,
-                            device: torch.device) -> list[np.ndarray]:
-    """Label maps at each frame's own size: letterbox (the engine's), run, upsample logits, argmax."""
-    pixels, valid = letterbox(frames, input_size, device)
-    logits = model(model.preprocessing.normalise(pixels))["logits"].float()
-    logits = F.interpolate(logits, size=(input_size, input_size), mode="bilinear", align_corners=False)
-    labels = []
-    for index, ((vh, vw), frame) in enumerate(zip(valid, frames)):
-        scores = F.interpolate(logits[index:index + 1, :, :vh, :vw], size=frame.shape[:2], mode="bilinear",
-                               align_corners=False)
-        labels.append(scores.argmax(1)[0].to(torch.uint8).cpu().numpy())
-    return labels
 
 
 def person_size(labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> str:
@@ -157,15 +143,21 @@ def describe_person_size(name: str, part: dict) -> str:
     return f"{name} people ({low:.0%}–{high:.0%} of the image, {part['images']} images)"
 
 
-def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: torch.device | str = "cpu",
-                   limit: int | None = None, batch_size: int = 1, progress: bool = False,
-                   by_person_size: bool = False, by_outline_distance: bool = False) -> dict:
+def evaluate_model(model: torch.nn.Module | Engine, dataset, *, input_size: int | None = None,
+                   device: torch.device | str = "cpu", limit: int | None = None, batch_size: int = 1,
+                   progress: bool = False, by_person_size: bool = False, by_outline_distance: bool = False,
+                   on_labels: Callable[[int, np.ndarray], None] | None = None) -> dict:
     """Score ``model`` on ``dataset`` (a ParsingDataset) at full label resolution; see ``summarise``.
+
+    ``model`` is an engine (``engines.create_engine``: exactly what the server shows) or a model in
+    memory, run at ``input_size`` on ``device`` (validation during training). Both label frames with
+    the engines' one predictor (``engines/predict.py``).
 
     With ``by_person_size`` the result also has ``by_person_size``: the same summary for the
     images in each ``PERSON_SIZES`` bin (their confusion matrices add up to the whole one).
     With ``by_outline_distance`` it also has ``errors_by_outline_distance``: the
     ``error_distances`` counts summed over the images, with the band edges as ``radii``.
+    ``on_labels(index, labels)`` sees each image's predicted labels.
     The model is put in eval mode for the loop and put back in the mode it was in.
     """
     device = torch.device(device)
@@ -176,8 +168,18 @@ def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: 
     images_per_size = dict.fromkeys(per_size, 0)
     errors = {kind: np.zeros(len(OUTLINE_RADII) + 1, dtype=np.int64) for kind in ERROR_KINDS}
     person_pixels = 0
-    was_training = model.training
-    model.eval()
+    if isinstance(model, Engine):
+        def predict(frames: list[np.ndarray]) -> list[np.ndarray]:
+            return [prediction.labels for prediction in model.infer(frames)]
+        was_training = None
+    else:
+        if input_size is None:
+            raise ValueError("input_size is needed to evaluate a model in memory")
+
+        def predict(frames: list[np.ndarray]) -> list[np.ndarray]:
+            return predict_labels(model, frames, input_size, device)
+        was_training = model.training
+        model.eval()
     batches = range(0, count, batch_size)
     if progress:
         from tqdm import tqdm
@@ -186,8 +188,10 @@ def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: 
     try:
         for start in batches:
             items = [dataset.read(i) for i in range(start, min(start + batch_size, count))]
-            predictions = predict_full_resolution(model, [rgb for rgb, _ in items], input_size, device)
-            for prediction, (_, labels) in zip(predictions, items):
+            predictions = predict([rgb for rgb, _ in items])
+            for offset, (prediction, (_, labels)) in enumerate(zip(predictions, items)):
+                if on_labels is not None:
+                    on_labels(start + offset, prediction)
                 image_confusion = confusion_matrix(prediction, labels, num_classes)
                 confusion += image_confusion
                 if by_person_size:
@@ -200,7 +204,8 @@ def evaluate_model(model: torch.nn.Module, dataset, *, input_size: int, device: 
                     for kind, value in counts.items():
                         errors[kind] += value
     finally:
-        model.train(was_training)
+        if was_training is not None:
+            model.train(was_training)
     class_names = list(get_task(dataset.task).classes)
     result = summarise(confusion, class_names, dataset.evaluated_classes)
     result["images"] = count

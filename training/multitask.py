@@ -62,7 +62,7 @@ def task_models(model: nn.Module) -> dict[str, MultiScaleSegmenter]:
     """``{task: MultiScaleSegmenter}``: each task of a joint model, or the one task of a plain model."""
     if isinstance(model, JointSegmenter):
         return dict(model.tasks.items())
-    return {model.config["task"]: model}
+    return {model.config.task: model}
 
 
 def build_joint_model(*, tasks: Sequence[str], **kwargs) -> JointSegmenter:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..preprocessing import IMAGENET, Preprocessing
+from .contract import Backbone, BackboneOutputs, backbone_outputs
 from .mobilenetv3 import MobileNetV3Large, mobilenetv3_large
 from .vgg import VGG16LargeFOV, imagenet_fc6_from_torchvision, vgg16_largefov
 
@@ -91,9 +92,12 @@ def load_torchvision_weights(backbone: nn.Module, state_dict: dict[str, torch.Te
 
 __all__ = [
     "BACKBONES",
+    "Backbone",
+    "BackboneOutputs",
     "BackboneSpec",
     "MobileNetV3Large",
     "VGG16LargeFOV",
+    "backbone_outputs",
     "get_backbone_spec",
     "load_torchvision_weights",
     "mobilenetv3_large",

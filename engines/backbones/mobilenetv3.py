@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .contract import BackboneOutputs
+
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
     new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
@@ -113,7 +115,7 @@ class MobileNetV3Large(nn.Module):
         self.features = nn.Sequential(*layers)
         self.detail_index = 3  # last block at stride 4 (24 channels)
         self.low_level_index = 6  # last block at stride 8 (40 channels)
-        self.channels = {"out": 960, "low": 40, "detail": 24}
+        self.outputs = BackboneOutputs(out=960, low=40, detail=24)
         self.output_stride = output_stride
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -9,8 +9,8 @@ fixed-size global pools become means over the actual feature map, its fixed-size
 from the input size so that odd sizes keep the geometry of the even size it was trained at.
 
 Weights: ``selfie_encoder()`` builds random weights, which is what loading a checkpoint needs.
-Training starts from the pretrained weights with :func:`load_selfie_weights`, which converts
-the ``.tflite`` once (``engines.backbones.selfie_convert``) and caches the result under ``.cache/``.
+Training starts from the pretrained weights with ``load_selfie_weights`` in
+``engines.importers.selfie_tflite``, which converts the ``.tflite`` once and caches the result.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from ..preprocessing import UNIT_RANGE
 from . import BackboneSpec
+from .contract import BackboneOutputs
 
 
 class SameConv2d(nn.Conv2d):
@@ -151,7 +152,7 @@ class SelfieSegmentation(nn.Module):
         self.pooling = PoolingBranch(32, 128)
         self.decoder = nn.ModuleList([DecoderStage(128, 24), DecoderStage(24, 16), DecoderStage(16, 16)])
         self.segment = nn.ConvTranspose2d(16, 1, 2, stride=2)
-        self.channels = {"out": 128, "low": 24, "mask": 1}
+        self.outputs = BackboneOutputs(out=128, low=24, mask=1)
         self.channels_last = True
         self.output_stride = 16
 
@@ -191,30 +192,19 @@ class SelfieSegmentation(nn.Module):
 def selfie_encoder(*, low: str = "decoder", pretrained: bool = False) -> SelfieSegmentation:
     """Build the selfie-segmentation backbone.
 
-    Weights are random unless ``pretrained``. Training code should call :func:`load_selfie_weights`
-    on the built model instead of passing ``pretrained=True`` through ``build_model``: the model's
-    config records its backbone kwargs, and a checkpoint saved with ``pretrained=True`` would need
-    the npm package again just to be loaded, although the checkpoint holds every weight.
+    Weights are random unless ``pretrained``. Training code should call ``load_selfie_weights``
+    (engines.importers.selfie_tflite) on the built model instead of passing ``pretrained=True``
+    through ``build_model``: the model's config records its backbone kwargs, and a checkpoint saved
+    with ``pretrained=True`` would need the npm package again just to be loaded, although the
+    checkpoint holds every weight.
     """
     model = SelfieSegmentation(low=low)
     if pretrained:
+        # Only here, at call time: the importer depends on this module, never the other way.
+        from ..importers.selfie_tflite import load_selfie_weights
+
         load_selfie_weights(model)
     return model
-
-
-def load_selfie_weights(module: nn.Module) -> SelfieSegmentation:
-    """Load the converted MediaPipe weights into ``module`` (a SelfieSegmentation or a model holding one).
-
-    The first call converts ``node_modules/@mediapipe/selfie_segmentation/selfie_segmentation.tflite``
-    (installed by ``npm ci``) and caches it under ``.cache/``. Returns the backbone it loaded.
-    """
-    from .selfie_convert import load_or_convert  # the converter needs the TFLite runtime; import it late
-
-    backbone = next((m for m in module.modules() if isinstance(m, SelfieSegmentation)), None)
-    if backbone is None:
-        raise TypeError(f"{type(module).__name__} holds no SelfieSegmentation backbone")
-    backbone.load_state_dict(load_or_convert())
-    return backbone
 
 
 SPEC = BackboneSpec(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .contract import BackboneOutputs
+
 # torchvision's VGG-16 "D" configuration; "M" marks a pooling layer.
 _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -46,7 +48,7 @@ class VGG16LargeFOV(nn.Module):
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout2d(dropout)
-        self.channels = {"out": fc_channels}
+        self.outputs = BackboneOutputs(out=fc_channels)
         self.output_stride = 8
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

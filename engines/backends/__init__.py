@@ -67,13 +67,11 @@ def create_engine(
     else:
         model = path_or_model
     if input_size is None:
-        meta = getattr(model, "metadata", None)
-        input_size = meta.input_size if meta else 321
+        input_size = model.metadata.input_size if model.metadata is not None else 321
 
     if backend == "auto":
         reasons: list[str] = []
-        config = getattr(model, "config", {})
-        what = f"{config.get('task', task or 'model')} ({checkpoint or 'model in memory'})"
+        what = f"{model.config.task} ({checkpoint or 'model in memory'})"
         if torch.cuda.is_available():
             # tensorrt only where a matching engine was built; otherwise say why and use cuda.
             try:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..predict import frame_attention, frame_labels
 from ..preprocessing import PAD_VALUE, Preprocessing
+
+if TYPE_CHECKING:
+    from ..checkpoint import CheckpointMetadata
+    from ..config import ModelConfig
+    from ..model import MultiScaleSegmenter
 
 log = logging.getLogger("partcam.engine")
 
@@ -37,7 +44,7 @@ class Pending:
     valid: list[tuple[int, int]]
     sizes: list[tuple[int, int]]
     timings: dict[str, float]
-    logits: torch.Tensor | None = None
+    scores: torch.Tensor | None = None  # the model's class scores (logits or log-probabilities)
     attention: torch.Tensor | None = None
     cnn_ms: float = 0.0
 
@@ -79,96 +86,6 @@ def letterbox(frames: list[np.ndarray], size: int, device: torch.device,
     return batch, valid
 
 
-def _nearest_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of the last two axes (cheap index gathers, no interpolation)."""
-    rows = np.minimum((np.arange(height) + 0.5) * array.shape[-2] / height, array.shape[-2] - 1).astype(np.intp)
-    cols = np.minimum((np.arange(width) + 0.5) * array.shape[-1] / width, array.shape[-1] - 1).astype(np.intp)
-    return array[..., rows[:, None], cols[None, :]]
-
-
-def _bilinear_axis(out: int, src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices (low, high) and weights of high along one axis, as F.interpolate(align_corners=False)."""
-    position = np.maximum((np.arange(out, dtype=np.float32) + 0.5) * np.float32(src / out) - 0.5, 0.0)
-    low = np.minimum(position.astype(np.intp), src - 1)
-    return low, np.minimum(low + 1, src - 1), (position - low).astype(np.float32)
-
-
-def upsampled_labels(scores: torch.Tensor, height: int, width: int, dense_share: float = 0.3) -> np.ndarray:
-    """Class of each pixel after resizing C×h×w ``scores`` bilinearly to height×width: H×W uint8.
-
-    The same labels as ``F.interpolate(..., "bilinear")`` then argmax, so borders follow the image
-    rather than the network's grid, at a fraction of the cost: where the four grid points around
-    a pixel agree on a class, every mix of them does too, so only pixels in grid cells that
-    straddle a border are interpolated (about 10% of a frame with a person in it). Noise-like
-    scores (an untrained model), where most cells straddle one, take the dense path.
-    """
-    scores = scores.float()
-    classes, rows, cols = scores.shape
-    coarse = scores.max(dim=0).indices.to(torch.uint8).cpu().numpy()  # max().indices beats argmax() on CPU
-    if (rows, cols) == (height, width):
-        return coarse
-    # A cell (its top-left grid point) is mixed when its corners disagree; the last row and column
-    # pair with themselves, as the resize clamps there.
-    right = np.concatenate([coarse[:, 1:], coarse[:, -1:]], axis=1)
-    below = np.concatenate([coarse[1:], coarse[-1:]], axis=0)
-    below_right = np.concatenate([right[1:], right[-1:]], axis=0)
-    mixed = (coarse != right) | (coarse != below) | (coarse != below_right)
-    y0, y1, wy = _bilinear_axis(height, rows)
-    x0, x1, wx = _bilinear_axis(width, cols)
-    labels = coarse.take(y0, axis=0).take(x0, axis=1)
-    border = np.flatnonzero(mixed.take(y0, axis=0).take(x0, axis=1))
-    if border.size > dense_share * labels.size:
-        # Clamped: a gated model's scores may be -inf, and 0 · -inf would make NaN.
-        dense = F.interpolate(scores.clamp(min=-1e30)[None], size=(height, width), mode="bilinear",
-                              align_corners=False)
-        return dense[0].max(dim=0).indices.to(torch.uint8).cpu().numpy()
-    ys, xs = np.divmod(border, width)
-    table = scores.permute(1, 2, 0).contiguous().cpu().numpy().reshape(-1, classes)  # one row of C per grid point
-    top_row, bottom_row = y0[ys] * cols, y1[ys] * cols
-    left, right_col = x0[xs], x1[xs]
-    fx, fy = wx[xs, None], wy[ys, None]
-    # Clamped, as a gated model's scores may be -inf and -inf − -inf is NaN.
-    corners = [np.maximum(table[row + col], -1e30) for row in (top_row, bottom_row) for col in (left, right_col)]
-    top = corners[0] + (corners[1] - corners[0]) * fx
-    bottom = corners[2] + (corners[3] - corners[2]) * fx
-    labels.reshape(-1)[border] = (top + (bottom - top) * fy).argmax(axis=1)
-    return labels
-
-
-def to_predictions(logits: torch.Tensor, attention: torch.Tensor | None, size: int,
-                   valid: list[tuple[int, int]], frame_sizes: list[tuple[int, int]], cnn_ms: float,
-                   want_attention: bool) -> list[Prediction]:
-    """Crop each frame's region of the scores and label it at the frame's own size.
-
-    Labels come from the scores resized to the frame (``upsampled_labels``), not from labels
-    decided on the network's grid and enlarged, so part borders are as fine as the frame's pixels.
-    """
-    logits = logits.float()
-    coarse = tuple(logits.shape[-2:]) != (size, size)  # gated models already answer at the input's size
-    att_all = None
-    if want_attention and attention is not None:
-        att_all = F.interpolate(attention.float(), size=(size, size), mode="bilinear", align_corners=False)
-        att_all = att_all.cpu().numpy()
-    predictions = []
-    for index, ((vh, vw), (height, width)) in enumerate(zip(valid, frame_sizes)):
-        if coarse:
-            # Only the grid cells under the frame (plus one for the interpolation's support), scaled
-            # by the same factor as the whole grid, so the samples are those of a full resize.
-            grid_h, grid_w = logits.shape[-2:]
-            rows, cols = min(grid_h, -(-vh * grid_h // size) + 1), min(grid_w, -(-vw * grid_w // size) + 1)
-            region = F.interpolate(logits[index:index + 1, :, :rows, :cols],
-                                   scale_factor=(size / grid_h, size / grid_w), mode="bilinear",
-                                   align_corners=False, recompute_scale_factor=False)[0]
-        else:
-            region = logits[index]
-        labels = upsampled_labels(region[:, :vh, :vw], height, width)  # only the frame, not the padding
-        att = None
-        if att_all is not None:
-            att = np.ascontiguousarray(_nearest_resize(att_all[index, :, :vh, :vw], height, width), dtype=np.float32)
-        predictions.append(Prediction(labels=np.ascontiguousarray(labels), attention=att, cnn_ms=cnn_ms))
-    return predictions
-
-
 class Engine:
     """A runtime that turns RGB frames into label maps. Subclasses implement ``_forward``."""
 
@@ -179,7 +96,7 @@ class Engine:
     # runs the next batch's network (CUDA graphs replay into the same output buffers: not safe).
     overlap_safe = False
 
-    def __init__(self, model: torch.nn.Module, input_size: int, device: torch.device) -> None:
+    def __init__(self, model: MultiScaleSegmenter, input_size: int, device: torch.device) -> None:
         from ..importers.caffe_forward import pad_colour, with_recorded_resampling
 
         # Imported Caffe models record Caffe's resizing and padding; honour them.
@@ -187,12 +104,21 @@ class Engine:
         self.pad_value = pad_colour(model, PAD_VALUE)
         self.input_size = int(input_size)
         self.device = device
-        self.metadata = getattr(model, "metadata", None)
-        config = getattr(model, "config", {})
-        self.task: str = config.get("task", "parts")
-        self.scales: tuple[float, ...] = tuple(config.get("scales", (1.0,)))
-        self.merge: str = config.get("merge", "single")
+        self.config: ModelConfig = model.config
+        self.metadata: CheckpointMetadata | None = model.metadata  # None for a model built in memory
         self.preprocessing: Preprocessing = model.preprocessing
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return self.config.scales
+
+    @property
+    def merge(self) -> str:
+        return self.config.merge
 
     @property
     def trained(self) -> bool:
@@ -203,7 +129,7 @@ class Engine:
         return str(self.device)
 
     def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-        """Normalised N×3×S×S input → (logits, attention, CNN milliseconds)."""
+        """Normalised N×3×S×S input → (class scores, attention, CNN milliseconds)."""
         raise NotImplementedError
 
     def prepare(self, frames: list[np.ndarray], sizes: list[tuple[int, int]] | None = None) -> Pending:
@@ -222,7 +148,7 @@ class Engine:
         another thread runs step 1 or 3 of other frames."""
         started = time.perf_counter()
         with torch.inference_mode():
-            pending.logits, pending.attention, pending.cnn_ms = self._forward(pending.batch)
+            pending.scores, pending.attention, pending.cnn_ms = self._forward(pending.batch)
         pending.batch = None
         pending.timings["forward_ms"] = (time.perf_counter() - started) * 1000.0
         return pending
@@ -231,13 +157,15 @@ class Engine:
         """Step 3 of ``infer``: label maps (and attention) at each frame's size."""
         started = time.perf_counter()
         with torch.inference_mode():
-            predictions = to_predictions(pending.logits, pending.attention, self.input_size, pending.valid,
-                                         pending.sizes, pending.cnn_ms, attention)
+            labels = frame_labels(pending.scores, self.input_size, pending.valid, pending.sizes)
+            weights: list[np.ndarray | None] = [None] * len(labels)
+            if attention and pending.attention is not None:
+                weights = frame_attention(pending.attention, self.input_size, pending.valid, pending.sizes)
         pending.timings["labels_ms"] = (time.perf_counter() - started) * 1000.0
-        share = 1.0 / len(predictions)  # batch-wide steps, split evenly over its frames
-        for prediction in predictions:
-            prediction.timings = {name: value * share for name, value in pending.timings.items()}
-        return predictions
+        share = 1.0 / len(labels)  # batch-wide steps, split evenly over its frames
+        timings = {name: value * share for name, value in pending.timings.items()}
+        return [Prediction(labels=frame, attention=weight, cnn_ms=pending.cnn_ms, timings=dict(timings))
+                for frame, weight in zip(labels, weights)]
 
     def infer(self, frames: list[np.ndarray], *, attention: bool = False,
               sizes: list[tuple[int, int]] | None = None) -> list[Prediction]:
@@ -263,5 +191,5 @@ class Engine:
             "trained": self.trained,
             "trained_on": self.metadata.trained_on if self.metadata else "nothing (random weights)",
             # Which pose model steers the parts, at which sizes; None for the network alone.
-            "pose_guide": getattr(self.metadata, "pose_guide", None) if self.metadata else None,
+            "pose_guide": self.config.pose_guide.to_dict() if self.config.pose_guide is not None else None,
         }

@@ -9,6 +9,7 @@ import time
 import torch
 
 from ..optimize import fuse_conv_bn
+from ..predict import class_scores
 from .base import Engine, log
 
 _threads_set: int | None = None
@@ -44,4 +45,4 @@ class CpuEngine(Engine):
         start = time.perf_counter()
         out = self.model(batch)
         cnn_ms = (time.perf_counter() - start) * 1000.0
-        return out["logits"], out["attention"], cnn_ms
+        return class_scores(out), out["attention"], cnn_ms

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from ..optimize import fuse_conv_bn
+from ..predict import class_scores
 from .base import BackendUnavailable, Engine, log
 
 PRECISIONS: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -24,7 +25,7 @@ def require_cuda() -> None:
 
 
 def _outputs(out: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return out["logits"], out["attention"]
+    return class_scores(out), out["attention"]
 
 
 def padded_batches(frames: int, captured: Sequence[int]) -> list[tuple[int, int]]:

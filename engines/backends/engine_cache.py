@@ -87,10 +87,9 @@ def model_sha256(model: torch.nn.Module) -> str:
     metrics) do not invalidate a build; any change to a weight does.
     """
     digest = hashlib.sha256()
-    config = dict(getattr(model, "config", {}))
-    preprocessing = getattr(model, "preprocessing", None)
-    header = {"config": config, "preprocessing": preprocessing.to_dict() if preprocessing is not None else None}
-    inference = getattr(getattr(model, "metadata", None), "inference", None)
+    # The same dict form as before ModelConfig, so existing builds keep their keys.
+    header = {"config": model.config.to_dict(), "preprocessing": model.preprocessing.to_dict()}
+    inference = model.metadata.inference if model.metadata is not None else None
     if inference:  # Caffe's resizing is part of what the program computes (older keys stay as they were)
         header["inference"] = inference
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
@@ -151,11 +150,10 @@ def make_key(model: torch.nn.Module, *, input_size: int, batch: int, precision: 
     if int(input_size) < 1 or int(batch) < 1:
         raise ValueError("input size and batch must be positive")
     versions = versions if versions is not None else runtime_versions()
-    config = getattr(model, "config", {})
     return EngineKey(
         model_sha256=model_hash or model_sha256(model),
-        backbone=str(config.get("backbone", "unknown")),
-        merge=str(config.get("merge", "unknown")),
+        backbone=model.config.backbone,
+        merge=model.config.merge,
         input_size=int(input_size),
         batch=int(batch),
         precision=precision,

@@ -28,6 +28,7 @@ import torch
 
 from .. import settings
 from ..optimize import fuse_conv_bn
+from ..predict import class_scores
 from .base import BackendUnavailable, Engine, log
 from .cpu import set_cpu_threads
 from .engine_cache import default_cache_dir, model_sha256
@@ -60,8 +61,8 @@ class _TupleOutputs(torch.nn.Module):
     def forward(self, x: torch.Tensor):
         out = self.model(x)
         if out["attention"] is None:
-            return (out["logits"],)
-        return out["logits"], out["attention"]
+            return (class_scores(out),)
+        return class_scores(out), out["attention"]
 
 
 def _network_code_digest() -> str:
@@ -81,8 +82,7 @@ def ir_cache_folder(model: torch.nn.Module, input_size: int, cache_dir: str | os
     key = {"model": model_sha256(model), "input_size": int(input_size), "openvino": openvino.__version__,
            "torch": torch.__version__, "format": IR_FORMAT, "code": _network_code_digest()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    config = getattr(model, "config", {})
-    name = f"{config.get('backbone', 'model')}-{config.get('merge', 'unknown')}-{int(input_size)}px-{digest[:16]}"
+    name = f"{model.config.backbone}-{model.config.merge}-{int(input_size)}px-{digest[:16]}"
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return root / "openvino" / name
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..optimize import fuse_conv_bn
+from ..predict import class_scores
 from .base import BackendUnavailable, Engine, log
 from .engine_cache import (
     PRECISIONS,
@@ -46,13 +47,13 @@ class TupleOutputs(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.has_attention = getattr(model, "config", {}).get("merge") == "attention"
+        self.has_attention = model.config.merge == "attention"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(x)
         if self.has_attention:
-            return out["logits"], out["attention"]
-        return (out["logits"],)
+            return class_scores(out), out["attention"]
+        return (class_scores(out),)
 
 
 def import_torch_tensorrt():

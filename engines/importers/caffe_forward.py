@@ -63,9 +63,9 @@ class CaffeResampling(nn.Module):
         self.model = model
         self.input_interp = [[(int(s), int(z)) for s, z in chain] for chain in input_interp]
         # Engines read these from the model they run.
-        self.config = getattr(model, "config", {})
-        self.preprocessing = getattr(model, "preprocessing", None)
-        self.metadata = getattr(model, "metadata", None)
+        self.config = model.config
+        self.preprocessing = model.preprocessing
+        self.metadata = model.metadata
 
     def scaled_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         inputs = []
