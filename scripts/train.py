@@ -72,7 +72,7 @@ def _torchvision_backbone(model: torch.nn.Module, path: str) -> str:
 
 
 def _selfie_backbone(model: torch.nn.Module, path: str) -> str:
-    from engines.backbones.selfie import load_selfie_weights
+    from engines.importers.selfie_tflite import load_selfie_weights
 
     load_selfie_weights(model)
     return ("encoder initialised from MediaPipe selfie segmentation (npm @mediapipe/selfie_segmentation, "

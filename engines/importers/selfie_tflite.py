@@ -6,7 +6,11 @@ package-lock.json, installed by ``npm ci``). Its layers are named ``conv2d_N`` a
 in, so the mapping is a walk over both in step, checked shape by shape. The weights are stored
 as float16 in the file and become float32 here (exactly).
 
-``python -m engines.backbones.selfie_convert`` converts, caches, and compares our forward pass with
+:func:`load_selfie_weights` is the one way weights reach a model: it converts on first use and
+caches the result in the cache folder (:mod:`engines.settings`). The backbone module never imports
+this one, so the dependency runs one way: importer -> backbone.
+
+``python -m engines.importers.selfie_tflite`` converts, caches, and compares our forward pass with
 the TFLite interpreter on the same inputs.
 """
 
@@ -22,11 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .selfie import SelfieSegmentation
+from .. import settings
+from ..backbones.selfie import SelfieSegmentation
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TFLITE_PATH = REPO_ROOT / "node_modules" / "@mediapipe" / "selfie_segmentation" / "selfie_segmentation.tflite"
-CACHE_DIR = REPO_ROOT / ".cache"
 INPUT_SIZE = 256  # the size the original graph was exported for
 # Tensors of the original that SelfieSegmentation.named_features reproduces (NHWC there, NCHW here).
 COMPARED_TENSORS = (
@@ -35,14 +37,20 @@ COMPARED_TENSORS = (
 )
 
 
-def _require(path: Path) -> Path:
+def tflite_path() -> Path:
+    """The ``.tflite`` that ``npm ci`` installs, in node_modules (``$PARTCAM_NODE_MODULES``)."""
+    return settings.node_modules() / "@mediapipe" / "selfie_segmentation" / "selfie_segmentation.tflite"
+
+
+def _require(path: Path | None) -> Path:
+    path = Path(path) if path is not None else tflite_path()
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing: run `npm ci` in {REPO_ROOT} to install @mediapipe/selfie_segmentation")
+            f"{path} is missing: run `npm ci` in {settings.repo_root()} to install @mediapipe/selfie_segmentation")
     return path
 
 
-def _interpreter(path: Path, preserve_all_tensors: bool = False, num_threads: int | None = None):
+def _interpreter(path: Path | None, preserve_all_tensors: bool = False, num_threads: int | None = None):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as error:
@@ -56,7 +64,7 @@ def _interpreter(path: Path, preserve_all_tensors: bool = False, num_threads: in
     return interpreter
 
 
-def read_tflite_weights(path: Path = TFLITE_PATH) -> dict[str, np.ndarray]:
+def read_tflite_weights(path: Path | None = None) -> dict[str, np.ndarray]:
     """Every layer's kernel and bias as float32, keyed by the original tensor name."""
     interpreter = _interpreter(path)
     weights = {}
@@ -93,7 +101,7 @@ def _to_torch_kernel(kernel: np.ndarray, module: nn.Module) -> np.ndarray:
     return kernel.transpose(0, 3, 1, 2)  # torch: (out, in, kh, kw)
 
 
-def convert(path: Path = TFLITE_PATH) -> dict[str, torch.Tensor]:
+def convert(path: Path | None = None) -> dict[str, torch.Tensor]:
     """Read the ``.tflite`` and return a state_dict for :class:`SelfieSegmentation`."""
     weights = read_tflite_weights(path)
     model = SelfieSegmentation()
@@ -116,16 +124,18 @@ def convert(path: Path = TFLITE_PATH) -> dict[str, torch.Tensor]:
     return state
 
 
-def cached_weights_path(path: Path = TFLITE_PATH, cache_dir: Path = CACHE_DIR) -> Path:
+def cached_weights_path(path: Path | None = None, cache_dir: Path | None = None) -> Path:
     """Where the converted weights of this exact ``.tflite`` are cached (named by its sha256)."""
     digest = hashlib.sha256(_require(path).read_bytes()).hexdigest()[:12]
-    return cache_dir / f"selfie_segmentation-{digest}.safetensors"
+    folder = Path(cache_dir) if cache_dir is not None else settings.cache_dir()
+    return folder / f"selfie_segmentation-{digest}.safetensors"
 
 
-def load_or_convert(path: Path = TFLITE_PATH, cache_dir: Path = CACHE_DIR) -> dict[str, torch.Tensor]:
+def load_or_convert(path: Path | None = None, cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
     """The converted state_dict, from the cache when present, converting (and caching) otherwise."""
     from safetensors.torch import load_file, save_file
 
+    path = _require(path)
     cached = cached_weights_path(path, cache_dir)
     if cached.is_file():
         return load_file(str(cached))
@@ -137,7 +147,20 @@ def load_or_convert(path: Path = TFLITE_PATH, cache_dir: Path = CACHE_DIR) -> di
     return state
 
 
-def reference_features(images: np.ndarray, path: Path = TFLITE_PATH) -> dict[str, np.ndarray]:
+def load_selfie_weights(module: nn.Module) -> SelfieSegmentation:
+    """Load the converted MediaPipe weights into ``module`` (a SelfieSegmentation or a model holding one).
+
+    The first call converts ``node_modules/@mediapipe/selfie_segmentation/selfie_segmentation.tflite``
+    (installed by ``npm ci``) and caches it in the cache folder. Returns the backbone it loaded.
+    """
+    backbone = next((m for m in module.modules() if isinstance(m, SelfieSegmentation)), None)
+    if backbone is None:
+        raise TypeError(f"{type(module).__name__} holds no SelfieSegmentation backbone")
+    backbone.load_state_dict(load_or_convert())
+    return backbone
+
+
+def reference_features(images: np.ndarray, path: Path | None = None) -> dict[str, np.ndarray]:
     """Run the original in the TFLite interpreter; ``images`` N×256×256×3 float32 in [0, 1].
 
     Returns the :data:`COMPARED_TENSORS` as N×C×H×W arrays, to compare with ``named_features``.
@@ -155,7 +178,7 @@ def reference_features(images: np.ndarray, path: Path = TFLITE_PATH) -> dict[str
 
 
 def relative_errors(model: SelfieSegmentation, images: np.ndarray,
-                    path: Path = TFLITE_PATH) -> dict[str, float]:
+                    path: Path | None = None) -> dict[str, float]:
     """max|ours − original| / max|original| for each compared tensor, on N×256×256×3 images."""
     reference = reference_features(images, path)
     with torch.no_grad():
@@ -178,7 +201,7 @@ def sample_inputs(count: int = 2, size: int = INPUT_SIZE) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tflite", type=Path, default=TFLITE_PATH)
+    parser.add_argument("--tflite", type=Path, default=None, help="default: the npm package's file in node_modules")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest relative error accepted")
     args = parser.parse_args(argv)
 
