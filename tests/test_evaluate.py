@@ -15,7 +15,7 @@ from test_datasets import _all_values, _write_pair, make_synthetic
 
 from engines import build_model, create_engine, save_checkpoint
 from engines.predict import predict_labels
-from training.datasets import SyntheticPeople
+from training.datasets import SyntheticDataset
 from training.metrics import (
     PERSON_SIZES,
     error_distances,
@@ -96,7 +96,7 @@ def test_predictions_come_back_at_each_label_size(tmp_path):
     frames = [np.zeros((37, 61, 3), np.uint8), np.zeros((50, 20, 3), np.uint8)]
     labels = predict_labels(model, frames, 48, torch.device("cpu"))
     assert [lab.shape for lab in labels] == [(37, 61), (50, 20)]
-    dataset = SyntheticPeople(make_synthetic(tmp_path / "s", 2, size=32))
+    dataset = SyntheticDataset(make_synthetic(tmp_path / "s", 2, size=32))
     model.train()
     result = evaluate_model(model, dataset, input_size=48, limit=1)
     assert result["images"] == 1 and np.asarray(result["confusion"]).sum() == 32 * 32
@@ -111,7 +111,7 @@ def test_evaluate_labels_are_exactly_the_engines(tmp_path):
                     "--save-labels", str(tmp_path / "labels"))
     assert out.returncode == 0, out.stderr
     engine = create_engine(checkpoint, "cpu", threads=1)
-    dataset = SyntheticPeople(root)
+    dataset = SyntheticDataset(root)
     for index in range(len(dataset)):
         rgb, _ = dataset.read(index)
         served = engine.infer([rgb])[0].labels
@@ -134,12 +134,12 @@ def test_person_size_bins_add_up_to_the_whole_set(tmp_path):
     Image.fromarray(empty).save(data / "parts" / "000003.png")
     torch.manual_seed(0)
     model = build_model(task="parts", merge="attention")
-    result = evaluate_model(model, SyntheticPeople(data), input_size=40, by_person_size=True)
+    result = evaluate_model(model, SyntheticDataset(data), input_size=40, by_person_size=True)
     bins = result["by_person_size"]
     assert sum(part["images"] for part in bins.values()) == 4 and bins["small"]["images"] >= 1
     total = sum(np.asarray(part["confusion"]) for part in bins.values())
     assert np.array_equal(total, np.asarray(result["confusion"]))
-    assert "by_person_size" not in evaluate_model(model, SyntheticPeople(data), input_size=40)
+    assert "by_person_size" not in evaluate_model(model, SyntheticDataset(data), input_size=40)
 
 
 def test_ablation_trains_scores_and_tabulates_each_run(tmp_path):
@@ -191,7 +191,7 @@ def test_package_model_adds_a_gate_in_fp16_and_records_what_it_measured(tmp_path
     expected = add_person_gate(load_checkpoint(source))
     x = torch.rand(1, 3, 48, 48)
     with torch.no_grad():
-        assert torch.allclose(packaged(x)["logits"], expected(x)["logits"], atol=5e-2)
+        assert torch.allclose(packaged(x)["log_probs"], expected(x)["log_probs"], atol=5e-2)
     with open(out, "rb") as handle:
         header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
     assert {entry["dtype"] for key, entry in header.items() if key != "__metadata__"} <= {"F16", "I64"}

@@ -47,8 +47,9 @@ def test_person_gate_factors_person_and_part_and_survives_a_checkpoint(tmp_path)
     with torch.no_grad():
         out = model(x)
         person = torch.sigmoid(model.person_gate.person_logit(x))
-    probabilities = out["logits"].exp()
-    assert out["logits"].shape == (1, 7, 65, 81)  # gated scores come at the input's size
+    probabilities = out["log_probs"].exp()  # a gated model states that it answers in log-probabilities
+    assert "logits" not in out and model.score_kind == "log_probs"
+    assert out["log_probs"].shape == (1, 7, 65, 81)  # gated scores come at the input's size
     assert torch.allclose(probabilities.sum(1), torch.ones(1), atol=1e-5)
     assert torch.allclose(probabilities[:, 0], 1 - person[:, 0], atol=1e-5)
     assert not any(p.requires_grad for p in model.person_gate.parameters())  # frozen
@@ -57,5 +58,5 @@ def test_person_gate_factors_person_and_part_and_survives_a_checkpoint(tmp_path)
     loaded = load_checkpoint(path)
     assert loaded.metadata.model.person_gate and loaded.person_gate is not None
     with torch.no_grad():
-        assert torch.equal(loaded(x)["logits"], out["logits"])
+        assert torch.equal(loaded(x)["log_probs"], out["log_probs"])
     assert model.train()(x)["logits"].shape[-2:] != (65, 81)  # training sees the ungated grid scores

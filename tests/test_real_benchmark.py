@@ -120,5 +120,5 @@ def test_pose_guided_checkpoints_keep_settings_not_movenet_weights(tmp_path):
     loaded = load_checkpoint(path)
     x = torch.randn(1, 3, 161, 161)
     with torch.inference_mode():
-        assert torch.allclose(loaded(x)["logits"], model(x)["logits"], atol=1e-5)
-    assert loaded(x)["logits"].shape[-1] == 41  # the fusion's grid: a quarter of the input, rounded up
+        assert torch.allclose(loaded(x)["log_probs"], model(x)["log_probs"], atol=1e-5)
+    assert loaded(x)["log_probs"].shape[-1] == 41  # the fusion's grid: a quarter of the input, rounded up

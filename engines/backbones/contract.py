@@ -22,7 +22,7 @@ class BackboneOutputs:
     detail: int | None = None  # stride-4 early features, for a DetailRefiner after the merge
     mask: int | None = None  # a person-segmentation logit (person-aware encoders), at the input's size
 
-    def keys(self) -> tuple[str, ...]:
+    def names(self) -> tuple[str, ...]:
         """The keys of the dict the backbone's forward returns."""
         return tuple(name for name in ("out", "low", "detail", "mask") if getattr(self, name) is not None)
 
