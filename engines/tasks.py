@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The label value that means "not labelled": losses skip it and scores leave it out. Label maps are
+# uint8, and no task comes near 255 classes.
+IGNORE_INDEX = 255
+
 
 @dataclass(frozen=True)
 class Task:

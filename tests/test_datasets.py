@@ -22,7 +22,7 @@ from training.datasets import (
     MixedBatchSampler,
     MixedDataset,
     PascalPersonPart,
-    SyntheticPeople,
+    SyntheticDataset,
     open_dataset,
     parse_source,
 )
@@ -68,14 +68,14 @@ def test_synthetic_folder_both_tasks(tmp_path):
     root = make_synthetic(tmp_path / "synth", 3)
     (root / "images" / "000099.jpg").write_bytes((root / "images" / "000000.jpg").read_bytes())  # no labels yet
     for task in ("parts", "clothes"):
-        ds = SyntheticPeople(root, task=task)
+        ds = SyntheticDataset(root, task=task)
         assert len(ds) == 3 and ds.task == task and ds.manifest["seed"] == 0
         rgb, labels = ds.read(1)
         assert rgb.shape == (48, 48, 3) and rgb.dtype == np.uint8 and labels.shape == (48, 48)
         assert labels.max() < TASKS[task].num_classes
         assert np.array_equal(labels, np.asarray(Image.open(root / task / "000001.png")))
     with pytest.raises(FileNotFoundError):
-        SyntheticPeople(tmp_path / "missing")
+        SyntheticDataset(tmp_path / "missing")
 
 
 def test_pascal_person_part_deeplab_layout(tmp_path):
@@ -189,8 +189,8 @@ def test_parse_source_and_registry():
 
 
 def test_mixed_sampler_is_deterministic_and_weighted(tmp_path):
-    a = SyntheticPeople(make_synthetic(tmp_path / "a", 3))
-    b = SyntheticPeople(make_synthetic(tmp_path / "b", 5, seed=1))
+    a = SyntheticDataset(make_synthetic(tmp_path / "a", 3))
+    b = SyntheticDataset(make_synthetic(tmp_path / "b", 5, seed=1))
     sampler = MixedBatchSampler([len(a), len(b)], [3.0, 1.0], batch_size=4, seed=7)
     stream = iter(sampler)
     first = [next(stream) for _ in range(50)]

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from engines.tasks import TASKS
+from training.datasets import SyntheticDataset
 from training.synth import GENERATOR_VERSION, SyntheticPeople
 from training.synth.__main__ import main as synth_main
-from training.synth.dataset import SyntheticPeopleDataset, SyntheticPeopleFolder
 from training.synth.raster import rasterize
 
 SIZE = 96
@@ -85,14 +85,14 @@ def test_cli_writes_layout_and_manifest_independent_of_workers(tmp_path, generat
         assert Image.open(one / "images" / f"{stem}.jpg").size == (SIZE, SIZE)
         for sub, ext in (("images", "jpg"), ("parts", "png"), ("clothes", "png")):
             assert (one / sub / f"{stem}.{ext}").read_bytes() == (two / sub / f"{stem}.{ext}").read_bytes()
-    # The files hold exactly what the Python API returns, and the folder dataset reads them back.
-    folder = SyntheticPeopleFolder(one)
-    assert len(folder) == 4
-    item = folder[2]
-    assert item["image"].shape == (3, SIZE, SIZE) and item["parts"].shape == (SIZE, SIZE)
-    on_the_fly = SyntheticPeopleDataset(length=4, size=SIZE, seed=3)[2]
-    np.testing.assert_array_equal(on_the_fly["parts"].numpy(), item["parts"].numpy())
-    np.testing.assert_array_equal(on_the_fly["clothes"].numpy(), item["clothes"].numpy())
+    # The files hold exactly what the Python API returns, and the training dataset reads them back.
+    folder = {task: SyntheticDataset(one, task=task) for task in TASKS}
+    assert len(folder["parts"]) == len(folder["clothes"]) == 4
+    rgb, read_parts = folder["parts"].read(2)
+    _, read_clothes = folder["clothes"].read(2)
+    assert rgb.shape == (SIZE, SIZE, 3) and read_parts.shape == (SIZE, SIZE)
     _, parts, clothes = generator.sample(2)
+    np.testing.assert_array_equal(read_parts, parts)
+    np.testing.assert_array_equal(read_clothes, clothes)
     np.testing.assert_array_equal(np.asarray(Image.open(one / "parts" / "000002.png")), parts)
     np.testing.assert_array_equal(np.asarray(Image.open(one / "clothes" / "000002.png")), clothes)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-IGNORE_INDEX = 255
+from engines.tasks import IGNORE_INDEX
 
 
 def balanced_class_weights(pixel_counts: np.ndarray, power: float = 0.5, max_weight: float = 10.0) -> torch.Tensor:

@@ -16,9 +16,8 @@ from torch.nn import functional as F
 
 from engines.backends.base import Engine
 from engines.predict import predict_labels
-from engines.tasks import get_task
+from engines.tasks import IGNORE_INDEX, get_task
 
-IGNORE_INDEX = 255
 # How much of the image the people cover (labelled non-background pixels over labelled pixels).
 # The bounds split the synthetic test set (seed 999) into roughly 30/40/30%: full bodies small in
 # the frame, mid shots, close-ups. Scale merging is about exactly this axis.

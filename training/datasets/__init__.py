@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from .base import IGNORE_INDEX, ParsingDataset, Transform, merge_lut, read_label, read_rgb
 from .mixed import MixedBatchSampler, MixedDataset
 from .real import ATR, CIHP, LIP, PascalPersonPart
-from .synthetic import SyntheticPeople
+from .synthetic import SyntheticDataset
 
 DATASETS: dict[str, type[ParsingDataset]] = {
-    cls.name: cls for cls in (SyntheticPeople, PascalPersonPart, ATR, LIP, CIHP)
+    cls.name: cls for cls in (SyntheticDataset, PascalPersonPart, ATR, LIP, CIHP)
 }
 
 
@@ -70,7 +70,7 @@ __all__ = [
     "ParsingDataset",
     "PascalPersonPart",
     "SourceSpec",
-    "SyntheticPeople",
+    "SyntheticDataset",
     "merge_lut",
     "open_dataset",
     "parse_source",

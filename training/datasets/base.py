@@ -16,9 +16,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from engines.tasks import get_task
-
-IGNORE_INDEX = 255
+from engines.tasks import IGNORE_INDEX, get_task
 
 # transform(rgb HxWx3 uint8, labels HxW uint8, seed or None) -> anything the caller batches
 Transform = Callable[[np.ndarray, np.ndarray, int | None], object]

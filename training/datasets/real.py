@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from .base import ParsingDataset, find_dir, read_id_list
+from .base import IGNORE_INDEX, ParsingDataset, find_dir, read_id_list
 
 # Our clothes classes: 0 background, 1 head & skin, 2 upper clothes, 3 lower clothes, 4 bag, 5 shoes.
 BG, SKIN, UPPER, LOWER, BAG, SHOES = range(6)
-IGNORE = 255
 
 LIP_CLASSES = ("background", "hat", "hair", "glove", "sunglasses", "upper clothes", "dress", "coat", "socks",
                "pants", "jumpsuits", "scarf", "skirt", "face", "left arm", "right arm", "left leg", "right leg",
@@ -29,12 +28,12 @@ LIP_TO_CLOTHES = {
     0: BG,
     1: SKIN,  # hat: part of the head region, as in PASCAL-Person-Part's head
     2: SKIN,  # hair
-    3: IGNORE,  # glove: neither skin nor a garment class of ours
+    3: IGNORE_INDEX,  # glove: neither skin nor a garment class of ours
     4: SKIN,  # sunglasses: on the face
     5: UPPER,
     6: UPPER,  # dress: one-piece garments count as upper clothes
     7: UPPER,  # coat
-    8: IGNORE,  # socks: between shoes and legs; ambiguous, not trained on
+    8: IGNORE_INDEX,  # socks: between shoes and legs; ambiguous, not trained on
     9: LOWER,  # pants
     10: UPPER,  # jumpsuits: one-piece, like dress
     11: UPPER,  # scarf

@@ -19,7 +19,9 @@ from engines.tasks import TASKS
 from .base import ParsingDataset
 
 
-class SyntheticPeople(ParsingDataset):
+class SyntheticDataset(ParsingDataset):
+    """A folder the generator (``training.synth.SyntheticPeople``) wrote, read like any other dataset."""
+
     name = "synthetic"
     tasks = ("parts", "clothes")
     raw_classes = ()  # already in our classes

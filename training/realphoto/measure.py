@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,6 @@ def part_fractions(labels: np.ndarray, reference: np.ndarray, num_classes: int) 
     if inside.size == 0:
         return np.zeros(num_classes, np.float64)
     return np.bincount(inside.ravel(), minlength=num_classes)[:num_classes] / inside.size
-
-
-@dataclass
-class PhotoScore:
-    photo: str
-    checkpoint: str
-    iou: float
-    fractions: dict[str, float]
 
 
 def predict_labels(engine, rgb: np.ndarray, *, flip: bool = False) -> np.ndarray:
