@@ -27,6 +27,7 @@ class ModelConfig:
     merge: str = "attention"  # how the scales' scores are combined; "single" runs scale 1 alone
     scales: tuple[float, ...] = DEFAULT_SCALES
     attention_width: int | None = None  # hidden width of the attention head (None: the backbone's)
+    attention_dropout: float = 0.5  # dropout before the attention head's last conv, as in the paper
     backbone_kwargs: Mapping[str, Any] = field(default_factory=dict)
     head_kwargs: Mapping[str, Any] = field(default_factory=dict)
     detail_width: int = 0  # > 0: a stride-4 DetailRefiner of this width after the merge

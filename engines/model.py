@@ -158,7 +158,8 @@ def build_model(config: ModelConfig | Mapping[str, Any] | None = None, /, **opti
 
     merge_module: ScaleMerge
     if config.merge == "attention":
-        merge_module = AttentionMerge(head.out_channels, len(config.scales), width=config.attention_width)
+        merge_module = AttentionMerge(head.out_channels, len(config.scales), width=config.attention_width,
+                                      dropout=config.attention_dropout)
     else:
         merge_module = {"max": MaxMerge, "average": AverageMerge, "single": SingleScale}[config.merge]()
     gate = PersonGate(spec.preprocessing) if config.person_gate else None

@@ -31,6 +31,7 @@ def test_config_is_what_the_model_is_built_from_and_records():
                        detail_width=8).config == model.config
     assert ModelConfig.from_dict(json.loads(json.dumps(model.config.to_dict()))) == model.config
     assert len(model.net.head.refine) == 1 and model.refiner is not None and model.scales == (1.0, 0.5)
+    assert build_model(task="parts", attention_dropout=0.1).merge.dropout.p == 0.1
 
 
 def test_wrong_option_names_list_the_valid_ones():
