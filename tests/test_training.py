@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,18 +18,12 @@ import torch
 from test_datasets import make_synthetic
 
 from engines import build_model, load_checkpoint
+from scripts import train
 from training.datasets import open_dataset
 from training.losses import parsing_loss
 from training.metrics import confusion_matrix, iou_per_class, mean_iou, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"partcam_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_confusion_matrix_and_iou_by_hand():
@@ -91,7 +84,6 @@ def _train_args(run: Path, train: Path, val: Path, *extra: str) -> list[str]:
 
 
 def test_a_few_training_steps_reduce_the_loss(tiny_data, tmp_path):
-    train = _load_script("train")
     run = tmp_path / "run"
     assert train.main(_train_args(run, *tiny_data, "--steps", "14", "--val-every", "100",
                                   "--head-kwargs", '{"refine": 1}', "--detail-width", "8")) == 0
@@ -109,7 +101,6 @@ def test_a_few_training_steps_reduce_the_loss(tiny_data, tmp_path):
 
 
 def test_resume_continues_exactly(tiny_data, tmp_path):
-    train = _load_script("train")
     steps = ["--steps", "6", "--val-every", "3", "--save-every", "3"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert train.main(_train_args(straight, *tiny_data, *steps)) == 0
@@ -174,7 +165,6 @@ def test_labels_of_two_tasks_survive_encoding():
 def test_joint_training_writes_one_ordinary_checkpoint_per_task(tiny_data, tmp_path):
     from training.multitask import build_joint_model
 
-    train = _load_script("train")
     run = tmp_path / "joint"
     args = _train_args(run, *tiny_data, "--steps", "14", "--val-every", "14")
     args[args.index("--task") + 1] = "parts+clothes"
@@ -204,7 +194,6 @@ def test_joint_training_writes_one_ordinary_checkpoint_per_task(tiny_data, tmp_p
 def test_joint_run_starts_each_task_from_its_own_checkpoint(tiny_data, tmp_path):
     from engines import save_checkpoint
 
-    train = _load_script("train")
     sources = {}
     for task in ("parts", "clothes"):
         torch.manual_seed(len(task))
@@ -228,7 +217,6 @@ def test_joint_run_starts_each_task_from_its_own_checkpoint(tiny_data, tmp_path)
 
 
 def test_joint_training_refuses_sources_without_both_label_sets(tmp_path):
-    train = _load_script("train")
     data = make_synthetic(tmp_path / "synth", 3, size=48)
     next((data / "clothes").glob("*.png")).unlink()  # one image has parts labels only
     args = _train_args(tmp_path / "run", data, data, "--steps", "1")
@@ -258,7 +246,6 @@ def test_class_weights_lift_rare_classes_and_weight_the_loss():
 
 
 def test_class_balanced_training_records_its_weights(tiny_data, tmp_path):
-    train = _load_script("train")
     run = tmp_path / "balanced"
     assert train.main(_train_args(run, *tiny_data, "--steps", "2", "--val-every", "2", "--class-balance", "0.5")) == 0
     notes = load_checkpoint(run / "best.safetensors").metadata.notes
