@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +87,9 @@ def _with_broken_torch_tensorrt(tmp_path: Path, code: str) -> subprocess.Complet
     does when its TensorRT libraries do not load."""
     (tmp_path / "torch_tensorrt").mkdir()
     (tmp_path / "torch_tensorrt" / "__init__.py").write_text(_FAKE_BROKEN_TENSORRT)
-    return subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {code}"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))  # the fake comes first
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": path})
 
 
 def test_a_torch_tensorrt_whose_libraries_do_not_load_is_unavailable_not_a_crash(tmp_path):
