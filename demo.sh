@@ -4,5 +4,9 @@
 # Extra arguments go to the server, e.g. ./demo.sh --port 8443 --engine cpu
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/setup.sh
+if [[ " $* " == *" --workers"* ]]; then
+  scripts/setup.sh --scale-out  # several processes need Debian's redis-server and haproxy
+else
+  scripts/setup.sh
+fi
 exec .venv/bin/python -m server "$@"

@@ -8,6 +8,10 @@ as fast as its results come back (one or two frames in flight), for a fixed time
     python scripts/loadtest.py --stalled 1                      # plus a phone that never reads its results
     python scripts/loadtest.py --clients 4 --seconds 600 --rss-every 10   # a soak run
     python scripts/loadtest.py --url http://127.0.0.1:8080 --server-pid 1234
+    python scripts/loadtest.py --balancer --workers 1 2 --clients 4   # python -m server --workers N, each N in turn
+
+With ``--balancer`` the phones go through the HTTPS load balancer of ``python -m server --workers N``
+(or the one at ``--url``), and the table gives the aggregate fps and the frames each worker served.
 
 Prints per-client fps, round trip p50/p99, CNN ms, queue ms, server overhead
 (server_ms − cnn_ms − waiting: decode, preprocessing, colouring, encoding, hand-offs), how busy
@@ -71,10 +75,15 @@ class ClientStats:
 
 
 def run_client(url: str, token: str | None, frames: list[bytes], task: str, view: str, form: str, in_flight: int,
-               warmup_end: float, stop_at: float, stats: ClientStats) -> None:
+               warmup_end: float, stop_at: float, stats: ClientStats, transport: str = "websocket") -> None:
     """One phone: keeps up to ``in_flight`` frames on their way; a result answers its frame and
     retires older ones still in flight (the server kept only the latest)."""
-    client = socketio.Client(reconnection=False)
+    import requests  # installed with python-socketio's client
+
+    http = requests.Session()
+    http.verify = False  # the server's self-signed certificate, on loopback
+    http.trust_env = False  # else a CA bundle named in the environment turns verification back on
+    client = socketio.Client(reconnection=False, http_session=http)
     changed = threading.Condition()
     outstanding: dict[int, tuple[float, float]] = {}  # id → (perf_counter, monotonic) when sent
 
@@ -99,7 +108,7 @@ def run_client(url: str, token: str | None, frames: list[bytes], task: str, view
 
     client.on("result", lambda message: record(message, False))
     client.on("error", lambda message: record(message, True))
-    client.connect(url, transports=["websocket"], auth={"token": token} if token else None, wait_timeout=30)
+    client.connect(url, transports=[transport], auth={"token": token} if token else None, wait_timeout=30)
     frame_id = 0
     try:
         while time.monotonic() < stop_at:
@@ -176,7 +185,16 @@ def main() -> None:
     parser.add_argument("--stalled", type=int, default=0,
                         help="phones that send 30 frames/s and never read their results")
     parser.add_argument("--rss-every", type=float, default=0.0, help="sample the server's RSS every N seconds")
+    parser.add_argument("--balancer", action="store_true",
+                        help="through the load balancer of `python -m server --workers N` (or --url's)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2], metavar="N",
+                        help="with --balancer: worker counts, measured one after the other (e.g. 1 2)")
+    parser.add_argument("--transport", default="websocket", choices=("websocket", "polling", "both"),
+                        help="with --balancer: the phones' Engine.IO transport (both: alternate)")
     args, server_args = parser.parse_known_args()
+    if args.balancer:
+        run_balancer(args, server_args)
+        return
 
     from server.rawsocket import IdleCrowd, StalledSender
 
@@ -280,6 +298,81 @@ def main() -> None:
                   f"first {known[0][1]:.1f} → last {known[-1][1]:.1f} MB ({known[-1][1] - known[0][1]:+.1f})")
     if errors:
         print("errors:", [e for s in stats for e in s.errors][:5], f"timeouts: {sum(s.timeouts for s in stats)}")
+
+
+def _get_json(url: str) -> dict:
+    import ssl
+
+    context = ssl._create_unverified_context()  # the balancer's self-signed certificate, on loopback
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        return json.load(response)
+
+
+def measure_balancer(url: str, args: argparse.Namespace, frames: list[bytes]) -> tuple[list[ClientStats], dict]:
+    """The phones through the balancer for the warm-up and the measured time; their stats and /healthz."""
+    start = time.monotonic()
+    warmup_end = start + args.warmup
+    stop_at = warmup_end + args.seconds
+    stats = [ClientStats() for _ in range(args.clients)]
+    transports = ["websocket", "polling"] if args.transport == "both" else [args.transport]
+    threads = [threading.Thread(target=run_client, daemon=True,
+                                args=(url, args.token, frames, args.task, args.view, args.form, args.in_flight,
+                                      warmup_end, stop_at, s, transports[i % len(transports)]))
+               for i, s in enumerate(stats)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return stats, _get_json(f"{url}/healthz")
+
+
+def run_balancer(args: argparse.Namespace, server_args: list[str]) -> None:
+    """``--balancer``: the same phones against 1, 2, ... workers behind the balancer, one table."""
+    frames = synthetic_frames()
+    rows = []
+    info: dict = {}
+    counts: list[int | None] = [None] if args.url else list(args.workers)
+    for count in counts:
+        with ExitStack() as stack:
+            if args.url:
+                url = args.url
+            else:
+                command = ["--workers", str(count), "--engine", args.engine,
+                           *(["--input-size", str(args.input_size)] if args.input_size else []), *server_args]
+                log_path = Path(tempfile.mkstemp(prefix=f"partcam-loadtest-{count}w-", suffix=".log")[1])
+                print(f"{count} worker(s): supervisor log {log_path}", file=sys.stderr)
+                try:
+                    url = stack.enter_context(local_server(command, log_path, https=True)).url
+                except ServerStartError as error:
+                    raise SystemExit(str(error)) from None
+            info = _get_json(f"{url}/api/info")
+            stats, health = measure_balancer(url, args, frames)
+        results = [r for s in stats for r in s.results]
+        per_worker: dict[str, int] = {}
+        for r in results:
+            per_worker[r["worker"]] = per_worker.get(r["worker"], 0) + 1
+        fps = [len(s.results) / args.seconds for s in stats]
+        rtt = [r["rtt_ms"] for r in results]
+        cnn = [r["cnn_ms"] for r in results]
+        errors = sum(len(s.errors) + s.timeouts for s in stats)
+        rows.append((count or len(health.get("workers", {})), fps, per_worker, rtt, cnn, errors, health))
+    model = info["tasks"][args.task]["model"]
+    print(f"\nPartCam load test through the balancer: {args.clients} client(s) over {args.transport}, "
+          f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.task}/{args.view}, result form "
+          f"{args.form}, {args.in_flight} in flight, 640×480 JPEG frames; {model['engine']} engines, input "
+          f"{model['input_size']} px, trained={model['trained']}; {os.cpu_count()} CPU cores here")
+    print()
+    print("| workers | aggregate fps | fps per client (mean, min) | frames per worker | round trip p50 / p99 ms "
+          "| CNN ms p50 | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for count, fps, per_worker, rtt, cnn, errors, _health in rows:
+        spread = ", ".join(f"{name} {frames_done}" for name, frames_done in sorted(per_worker.items()))
+        print(f"| {count} | {sum(fps):.1f} | {statistics.mean(fps):.1f}, {min(fps):.1f} | {spread} | "
+              f"{percentile(rtt, 50):.1f} / {percentile(rtt, 99):.1f} | {percentile(cnn, 50):.1f} | {errors} |")
+    for count, *_rest, health in rows:
+        print(f"\n{count} worker(s), health at end: " + json.dumps(
+            {name: {k: record.get(k) for k in ("frames_done", "errors", "clients")}
+             for name, record in health.get("workers", {}).items()}))
 
 
 if __name__ == "__main__":

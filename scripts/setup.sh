@@ -2,12 +2,16 @@
 # Sets PartCam up on a fresh machine: the venv, the pinned Python packages and the npm assets.
 #   scripts/setup.sh          runtime only (the demo)
 #   scripts/setup.sh --dev    plus training, test and lint tools, and Debian's chromium for browser tests
+#                             and redis-server and haproxy for the scale-out tests
+#   scripts/setup.sh --scale-out   runtime plus Debian's redis-server and haproxy (./demo.sh --workers N)
 # Each step is skipped when it is already up to date, so running it again is cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
 [[ "${1:-}" == "--dev" ]] && dev=1
+scale_out=$dev
+[[ "${1:-}" == "--scale-out" ]] && scale_out=1
 python=${PYTHON:-python3}
 requirements=requirements.txt
 ((dev)) && requirements=requirements-dev.txt
@@ -74,5 +78,21 @@ if ((dev)) && [[ ! -x /usr/bin/chromium ]]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
     echo "[setup] note: /usr/bin/chromium missing; browser tests will be skipped (apt-get install chromium)" >&2
+  fi
+fi
+
+# --- several server processes (python -m server --workers N): Redis and HAProxy from Debian ---
+missing=()
+if ((scale_out)); then
+  for tool in redis-server haproxy; do
+    command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || missing+=("$tool")
+  done
+fi
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian's ${missing[*]} for several server processes"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "[setup] note: ${missing[*]} missing; --workers and its tests need them (apt-get install ${missing[*]})" >&2
   fi
 fi

@@ -32,7 +32,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--async-mode", default="eventlet", choices=ASYNC_MODES, help="server concurrency model")
     parser.add_argument("--max-frame-mb", type=float, default=4.0, help="largest accepted frame in MB (default 4)")
     parser.add_argument("--log-requests", action="store_true", help="log every HTTP request")
+    scale = parser.add_argument_group("several processes (docs/scale-out.md)")
+    scale.add_argument("--workers", type=int, metavar="N",
+                       help="run N server processes behind a sticky HTTPS load balancer (HAProxy) on --port, "
+                            "sharing Redis; one per GPU on GPU servers, the CPU's threads split between them")
+    scale.add_argument("--redis", metavar="URL",
+                       help="share this Redis (redis://host:6379/0) with the other server processes; with "
+                            "--workers, use it instead of starting a private redis-server")
+    scale.add_argument("--worker-name", metavar="NAME", help="this process's name in results and /healthz "
+                                                             "(default host:port)")
+    scale.add_argument("--threads", type=int, metavar="T", help="CPU threads for the engines (default: all cores)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be 1 or more")
+    if args.workers is not None and args.worker_name:
+        parser.error("--worker-name names one process; --workers names its own")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be 1 or more")
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together")
     if args.port is None:
@@ -63,6 +79,10 @@ def print_qr(url: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.workers is not None:
+        from .scaleout import supervise  # a plain process: no eventlet, no torch
+
+        raise SystemExit(supervise(args))
     if args.async_mode == "eventlet":
         _eventlet().monkey_patch()
         # Under eventlet every Python thread is a green thread on the hub's OS thread, so a library
@@ -76,10 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from .app import ServerSettings, create_server
+    from .workers import default_worker_name, redact_url
 
     settings = ServerSettings(engine=args.engine, parts=args.parts, clothes=args.clothes, input_size=args.input_size,
                               token=args.token, async_mode=args.async_mode,
-                              max_frame_bytes=int(args.max_frame_mb * 1024 * 1024))
+                              max_frame_bytes=int(args.max_frame_mb * 1024 * 1024), redis=args.redis,
+                              worker=args.worker_name or default_worker_name(args.port), threads=args.threads)
     server = create_server(settings)
     cert = key = None
     if not args.http:
@@ -91,6 +113,13 @@ def main(argv: list[str] | None = None) -> None:
             cert, key = map(str, ensure_certificate())
     scheme = "http" if args.http else "https"
     urls = page_urls(scheme, args.host, args.port, args.token)
+    if args.redis:  # one of several processes: phones reach it through the balancer, not these URLs
+        for task, engine in server.engines.items():
+            print(f"{task}: {engine.name} on {engine.device_name}, input {engine.input_size} px", flush=True)
+        print(f"worker {server.worker} serving on {scheme}://{args.host}:{args.port}, sharing "
+              f"{redact_url(args.redis)}", flush=True)
+        serve(server.app, args, cert, key)
+        return
 
     untrained = [task for task, engine in server.engines.items() if not engine.trained]
     print("\nPartCam is starting.", flush=True)
@@ -108,10 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     print_qr(urls[1] if scheme == "http" and len(urls) > 1 else urls[0])
     sys.stdout.flush()
 
+    serve(server.app, args, cert, key)
+
+
+def serve(app, args: argparse.Namespace, cert: str | None, key: str | None) -> None:
     if args.async_mode == "eventlet":
-        serve_eventlet(server.app, args.host, args.port, cert, key, args.log_requests)
+        serve_eventlet(app, args.host, args.port, cert, key, args.log_requests)
     else:
-        serve_threading(server.app, args.host, args.port, cert, key)
+        serve_threading(app, args.host, args.port, cert, key)
 
 
 def _eventlet():

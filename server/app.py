@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from engines.tasks import TASKS
 from .codec import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, FrameError, check_image_bytes, open_image
 from .inference import FORMS, VIEWS, FrameJob, InferenceService, Outcome
 from .overlay import DEFAULT_OPACITY, scale_colours
+from .workers import WorkerRegistry, default_worker_name
 
 log = logging.getLogger("partcam.server")
 
@@ -52,6 +54,9 @@ class ServerSettings:
     max_side: int = DEFAULT_MAX_SIDE
     max_pixels: int = DEFAULT_MAX_PIXELS
     jpeg_quality: int = 80
+    redis: str | None = None  # message queue shared by several server processes (redis://host:port/db)
+    worker: str = ""  # this process's name in results and health reports; default host:pid
+    threads: int | None = None  # CPU threads for the engines (default: all cores)
 
     @property
     def max_message_bytes(self) -> int:
@@ -62,6 +67,10 @@ class ServerSettings:
 
 def load_engines(settings: ServerSettings) -> dict[str, Engine]:
     """One engine per task: the checkpoint given, else the shipped model, else an untrained one."""
+    if settings.threads:
+        from engines.backends.cpu import set_cpu_threads
+
+        set_cpu_threads(settings.threads)  # before any engine: the first call fixes the count
     engines = {task: load_default_engine(task, getattr(settings, task), backend=settings.engine,
                                          input_size=settings.input_size) for task in TASKS}
     settle_glue_threads(list(engines.values()))
@@ -128,8 +137,12 @@ class PartCamServer:
         self.app = Flask(__name__, static_folder=str(self.client_dir), static_url_path="/static")
         self.app.config["SEND_FILE_MAX_AGE_DEFAULT"] = 0  # the page and its code change together
         self.app.json.sort_keys = False  # tasks keep their order (parts first) on the page
+        # With Redis, emits addressed to a client connected to another process reach it through
+        # the queue (Flask-SocketIO's message_queue), whichever process emits.
         self.socketio = SocketIO(self.app, async_mode=settings.async_mode,
-                                 max_http_buffer_size=settings.max_message_bytes)
+                                 max_http_buffer_size=settings.max_message_bytes,
+                                 message_queue=settings.redis, channel=QUEUE_CHANNEL)
+        self.worker = settings.worker or default_worker_name()
         self.clients: set[str] = set()
         self.unread_drops = 0  # frames and results dropped because their client was not reading
         eio = self.socketio.server.eio
@@ -139,6 +152,10 @@ class PartCamServer:
             max_side=settings.max_side, max_pixels=settings.max_pixels, jpeg_quality=settings.jpeg_quality)
         self._register_routes()
         self._register_events()
+        self.registry: WorkerRegistry | None = None
+        if settings.redis:
+            self.registry = WorkerRegistry(settings.redis, self.worker, self._status)
+            self.socketio.start_background_task(self.registry.run, self.socketio.sleep)
         if not self.socketio_js.exists():
             log.warning("%s is missing: run `npm ci` (the page cannot connect without it)", self.socketio_js)
 
@@ -160,6 +177,28 @@ class PartCamServer:
             "max_frame_bytes": self.settings.max_frame_bytes,
             "token_required": bool(self.settings.token),
         }
+
+    def _status(self) -> dict:
+        """This process's own figures, as /healthz and the shared worker list report them."""
+        return {"clients": len(self.clients), "waiting_frames": len(self.service.queue),
+                "frames_done": self.service.frames_done, "errors": self.service.errors,
+                "unread_drops": self.unread_drops,
+                "unsent_messages": sum(self._backlog(sid) for sid in list(self.clients))}
+
+    def health(self) -> dict:
+        """``/healthz``: this process, and with Redis every live worker (any process answers for all)."""
+        own = self._status()
+        report: dict[str, Any] = {"status": "ok", **own, "worker": self.worker}
+        if self.registry is None:
+            report["workers"] = {self.worker: {"worker": self.worker, "pid": os.getpid(), **own}}
+            return report
+        try:
+            report["workers"] = self.registry.workers()
+            report["redis"] = "ok"
+        except Exception as error:  # this process still serves its own clients without Redis
+            report["workers"] = {}
+            report["redis"] = f"unreachable: {error}"
+        return report
 
     def _register_routes(self) -> None:
         app = self.app
@@ -194,10 +233,7 @@ class PartCamServer:
 
         @app.get("/healthz")
         def healthz():
-            return jsonify({"status": "ok", "clients": len(self.clients), "waiting_frames": len(self.service.queue),
-                            "frames_done": self.service.frames_done, "errors": self.service.errors,
-                            "unread_drops": self.unread_drops,
-                            "unsent_messages": sum(self._backlog(sid) for sid in list(self.clients))})
+            return jsonify(self.health())
 
         @app.post("/api/parse")
         def api_parse():
@@ -321,7 +357,10 @@ class PartCamServer:
             return
         result = outcome.result
         result["server_ms"] = round((time.perf_counter() - outcome.job.received) * 1000.0, 2)
-        self.socketio.emit("result", result, to=sid)
+        result["worker"] = self.worker
+        # The client is connected to this process (it is in self.clients), so the result goes
+        # straight to it: through Redis every worker would decode every result.
+        self.socketio.emit("result", result, to=sid, ignore_queue=True)
 
 
 def _error_payload(frame_id: Any, error: FrameError) -> dict:
@@ -335,6 +374,7 @@ def _error_payload(frame_id: Any, error: FrameError) -> dict:
 HTTP_STATUS = {"unauthorized": 401, "image_too_large": 413, "image_dimensions_too_large": 413,
                "internal_error": 500, "busy": 503}
 HTTP_PARSE_TIMEOUT_S = 60.0
+QUEUE_CHANNEL = "partcam"  # the Redis channel the server processes share
 # Results a client may leave unread before its new frames and results are dropped: one being
 # written plus one more; a page that reads its results never gets near this.
 MAX_UNSENT = 2
