@@ -6,13 +6,11 @@
     python scripts/train.py --run runs/parts --resume               # continue RUN/last.pt exactly
     python scripts/train.py --run runs/more --init runs/parts/best.safetensors --data synthetic:data/synth:1.0
 
-A run started with --init is built as the checkpoint describes: model options are needed only to
-change it, and a change that leaves tensors unmatched is an error listing them unless
---allow-partial. --resume continues RUN/last.pt with the run's own settings; only the "running"
-options apply. Ctrl-C, --time-budget and SIGTERM stop at a step boundary after saving last.pt.
---task parts+clothes trains both tasks with one shared network and writes best-parts and
-best-clothes checkpoints. Several GPUs: torchrun --nproc_per_node=N scripts/train.py ... (DDP;
---batch-size is per process). The trainer itself is training/trainer.py; see docs/training.md.
+--init builds the checkpoint's model: model options only change it, and tensors left unmatched are
+an error listing them unless --allow-partial. --resume keeps the run's settings but the running
+options. Ctrl-C, --time-budget and SIGTERM stop at a step boundary after saving RUN/last.pt.
+--task parts+clothes trains both with one shared network (best-parts, best-clothes checkpoints).
+DDP: torchrun --nproc_per_node=N scripts/train.py ... The trainer: training/trainer.py, docs/training.md.
 """
 
 from __future__ import annotations
@@ -44,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     title, examples, details = __doc__.split("\n\n", 2)
     p = argparse.ArgumentParser(description=f"{title}\n\n{examples}", epilog=details,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Every option defaults to None, so that only those given change a checkpoint's or a run's own
-    # settings; the defaults shown come from ModelConfig, TrainConfig and RuntimeOptions.
+    # Options default to None, so that only those given change a checkpoint's or run's settings; the
+    # defaults shown are ModelConfig's, TrainConfig's and RuntimeOptions'.
     defaults = {f.name: f.default for cls in (ModelConfig, TrainConfig, RuntimeOptions) for f in fields(cls)
                 if f.default is not MISSING}
 
@@ -53,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest = kw.pop("dest", flag[2:].replace("-", "_"))
         shown = defaults.get(dest)
         if "type" in kw:
-            kw.setdefault("metavar", {int: "N", float: "X", json.loads: "JSON"}.get(kw["type"]))
+            kw.setdefault("metavar", {int: "N", float: "X", json.loads: "JSON"}.get(kw["type"], dest.upper()))
         if shown not in (None, ()) and not isinstance(shown, bool) and kw.get("action") is None:
             help += f" (default: {' '.join(map(str, shown)) if isinstance(shown, tuple) else shown})"
         group.add_argument(flag, dest=dest, default=kw.pop("default", None), help=help, **kw)
@@ -61,16 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", type=Path, required=True, help="run folder (last.pt, best.safetensors, curves.png)")
     p.add_argument("--resume", action="store_true", help="continue RUN/last.pt if it exists (else start fresh)")
     g = p.add_argument_group("model (with --init: the checkpoint's unless given)")
-    add(g, "--task", "parts, clothes, or parts+clothes for one shared network (default: parts)", type=parse_task,
-        metavar="TASK")
+    add(g, "--task", "parts, clothes, or parts+clothes: one shared network (default: parts)", type=parse_task)
     add(g, "--backbone", choices=sorted(BACKBONES))
     add(g, "--merge", choices=MERGES)
     add(g, "--scales", type=float, nargs="+", metavar="S")
     add(g, "--attention-width", "attention hidden width (default: the backbone's)", type=int)
     add(g, "--backbone-kwargs", 'JSON, e.g. \'{"output_stride": 8}\'', type=json.loads)
     add(g, "--head-kwargs", 'JSON, e.g. \'{"refine": 2}\' (residual 3×3 blocks in the light head)', type=json.loads)
-    add(g, "--detail-width", "a detail refiner of this width sharpening the scores at stride 4 (MobileNetV3)",
-        type=int)
+    add(g, "--detail-width", "width of a refiner sharpening the scores at stride 4 (MobileNetV3)", type=int)
     g.add_argument("--init", action="append", default=[], metavar="CKPT",
                    help="start from this PartCam checkpoint or run's last.pt, rebuilding its model; repeatable: "
                         "one checkpoint per task of a joint run, the shared network from the last")
@@ -125,6 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _given(args: argparse.Namespace, cls: type) -> dict:
+    """The options of ``cls`` given on the command line."""
     names = MODEL_OPTIONS if cls is ModelConfig else [f.name for f in fields(cls)]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
@@ -136,12 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume and (args.run / "last.pt").is_file():
             trainer = Trainer.resume(args.run, runtime)
-            # The run's own settings win, as its schedule and data stream depend on them.
-            saved = {**trainer.model_config.to_dict(), **trainer.config.to_dict()}
-            wanted = {**trainer.model_config.replace(**model_changes).to_dict(),
-                      **trainer.config.replace(**train_changes).to_dict()}
-            ignored = [f"{k}={wanted[k]!r} (the run has {saved[k]!r})" for k in {**model_changes, **train_changes}
-                       if wanted[k] != saved[k]]
+            ignored = trainer.differences(model_changes, train_changes)  # the run's own settings win
             if ignored:
                 print(f"note: resuming {args.run} with its own settings; ignored: {', '.join(ignored)}. To change "
                       f"them, start a new run with --init {args.run / 'last.pt'}", flush=True)

@@ -76,11 +76,16 @@ def tiny_data(tmp_path_factory):
     return make_synthetic(root / "train", 8, size=48), make_synthetic(root / "val", 3, size=48, seed=5)
 
 
-def _train_args(run: Path, train: Path, val: Path, *extra: str) -> list[str]:
+def _run_args(run: Path, train: Path, val: Path, *extra: str) -> list[str]:
+    """A tiny run's options, without model options."""
     return ["--run", str(run), "--data", f"synthetic:{train}:1.0", "--val", f"synthetic:{val}",
-            "--task", "parts", "--merge", "attention", "--crop-size", "48", "--batch-size", "4",
-            "--optimizer", "adamw", "--lr", "3e-3", "--scale-range", "0.8", "1.2", "--log-every", "1",
-            "--threads", "1", "--workers", "0", "--no-progress", *extra]
+            "--crop-size", "48", "--batch-size", "4", "--optimizer", "adamw", "--lr", "3e-3",
+            "--scale-range", "0.8", "1.2", "--log-every", "1", "--threads", "1", "--workers", "0", "--no-progress",
+            *extra]
+
+
+def _train_args(run: Path, train: Path, val: Path, *extra: str) -> list[str]:
+    return _run_args(run, train, val, "--task", "parts", "--merge", "attention", *extra)
 
 
 def test_a_few_training_steps_reduce_the_loss(tiny_data, tmp_path):
@@ -252,3 +257,94 @@ def test_class_balanced_training_records_its_weights(tiny_data, tmp_path):
     assert "class weights [" in notes
     dataset_counts = open_dataset("synthetic", tiny_data[0], task="parts").pixel_counts()
     assert dataset_counts.shape == (7,) and dataset_counts.sum() == 8 * 48 * 48
+
+
+# A model unlike the defaults in every option that shapes its tensors or its forward pass.
+UNUSUAL_MODEL = ("--merge", "max", "--head-kwargs", '{"refine": 1}', "--detail-width", "8", "--scales", "1", "0.5")
+
+
+def test_continuing_needs_no_model_options(tiny_data, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train.main(_run_args(first, *tiny_data, *UNUSUAL_MODEL, "--steps", "4", "--stop-at", "2",
+                                "--val-every", "2")) == 0
+    trained = load_checkpoint(first / "best.safetensors")
+    config = trained.metadata.model
+    assert (config.merge, config.scales, config.detail_width) == ("max", (1.0, 0.5), 8)
+
+    # --resume: the run folder alone; the model and settings come from last.pt.
+    assert train.main(["--run", str(first), "--resume", "--threads", "1", "--workers", "0", "--no-progress"]) == 0
+    state = torch.load(first / "last.pt", weights_only=True)
+    assert state["step"] == 4 and state["model_config"] == config.to_dict()
+
+    # --init: a new run built as the checkpoint describes, starting from its weights (0 steps: nothing trained).
+    assert train.main(_run_args(second, *tiny_data, "--init", str(first / "best.safetensors"), "--steps", "0")) == 0
+    started = load_checkpoint(second / "best.safetensors")
+    assert started.metadata.model == load_checkpoint(first / "best.safetensors").metadata.model
+    source = load_checkpoint(first / "best.safetensors").state_dict()
+    assert started.state_dict().keys() == source.keys()
+    for name, value in started.state_dict().items():
+        assert torch.equal(value, source[name]), name
+    assert "parts: initialised from" in started.metadata.notes and "all " in started.metadata.notes
+    assert torch.load(second / "last.pt", weights_only=True)["model_config"] == config.to_dict()
+
+
+def test_a_partial_init_fails_listing_what_is_missing_unless_allowed(tiny_data, tmp_path):
+    from engines import save_checkpoint
+
+    plain = build_model(task="parts", merge="max", scales=(1.0, 0.5)).eval()  # no detail refiner
+    save_checkpoint(tmp_path / "plain.safetensors", plain, input_size=48)
+    args = _run_args(tmp_path / "run", *tiny_data, "--init", str(tmp_path / "plain.safetensors"), "--detail-width",
+                     "8", "--steps", "0")
+    failed = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0
+    assert "missing" in failed.stderr and "refiner.project.0.weight" in failed.stderr, failed.stderr[-2000:]
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+    assert train.main([*args, "--allow-partial"]) == 0
+    started = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert started.metadata.model.detail_width == 8
+    assert "partial" in started.metadata.notes and "refiner." in started.metadata.notes
+    source = plain.state_dict()
+    for name, value in started.state_dict().items():
+        if not name.startswith("refiner."):
+            assert torch.equal(value, source[name]), name
+
+
+def _ddp_rank(rank: int, world: int, port: int, train: Path, val: Path, run: Path) -> None:
+    """One process of a two-process CPU (gloo) run, as torchrun would start it."""
+    from engines import ModelConfig
+    from training.trainer import RuntimeOptions, TrainConfig, Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    config = TrainConfig(data=(f"synthetic:{train}:1.0",), val=f"synthetic:{val}", crop_size=48, batch_size=2,
+                         optimizer="adamw", lr=3e-3, scale_range=(0.8, 1.2), steps=3, val_every=3, log_every=1)
+    runtime = RuntimeOptions(threads=1, workers=0, progress=False, device="cpu")
+    # Each rank starts from its own random weights (the seed includes the rank): DDP must broadcast rank 0's.
+    trainer = Trainer(ModelConfig(task="parts", merge="max", scales=(1.0, 0.5)), config, run, runtime=runtime)
+    summary = trainer.fit()
+    torch.save({"parameters": {k: v.detach() for k, v in trainer.model.named_parameters()},
+                "step": summary.step}, run.parent / f"rank{rank}.pt")
+
+
+def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tiny_data, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:  # a free port for the process group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = tmp_path / "run"
+    mp.spawn(_ddp_rank, args=(2, port, *tiny_data, run), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 3
+    for name, value in ranks[0]["parameters"].items():
+        assert torch.equal(value, ranks[1]["parameters"][name]), name
+    # Rank 0 alone wrote the run, with the weights both ranks hold.
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["step"] == 3
+    for name, value in ranks[0]["parameters"].items():
+        assert torch.equal(state["model"][name], value), name
+    assert (run / "best.safetensors").is_file() and json.loads((run / "summary.json").read_text())["step"] == 3

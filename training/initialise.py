@@ -92,8 +92,8 @@ def starting_config(init: Sequence[str | os.PathLike], changes: Mapping[str, Any
     dropped = [name for name, plain in _INFERENCE_ONLY.items() if getattr(base, name) != plain]
     if dropped:
         base = base.replace(**_INFERENCE_ONLY)
-        notes.append(f"{' and '.join(n.replace('_', ' ') for n in dropped)} of {init[-1]} left out: they act at "
-                     f"inference and are added when packaging (scripts/package_model.py)")
+        notes.append(f"{' and '.join(n.replace('_', ' ') for n in dropped)} of the checkpoint left out: inference "
+                     f"only, added back when packaging (scripts/package_model.py)")
     return apply_changes(base, changes or {}), notes
 
 
@@ -159,7 +159,11 @@ def initialise(model: torch.nn.Module, init: Sequence[str | os.PathLike], *, all
         for name, target in targets.items():
             own = target.state_dict()
             usable = {k: v for k, v in state.items() if k in own or not k.startswith(_INFERENCE_ONLY_TENSORS)}
-            report = load_weights(target, usable, allow_partial=allow_partial, source=f"{path} into {name}")
+            try:
+                report = load_weights(target, usable, allow_partial=allow_partial, source=f"{path} into {name}")
+            except CheckpointError as error:
+                raise CheckpointError(f"{error}; a changed model may start from what matches with a partial "
+                                      f"load (--allow-partial)") from None
             detail = f"all {len(report.loaded)} tensors" if report.complete else f"partial: {report.describe()}"
             notes.append(f"{name}: initialised from {path} ({detail})")
     return notes

@@ -335,6 +335,14 @@ class Trainer:
         model_config, train_config = saved_configs(state)
         return cls(model_config, train_config, run, runtime=runtime, _state=state)
 
+    def differences(self, model_changes: Mapping[str, Any], train_changes: Mapping[str, Any]) -> list[str]:
+        """Which of these ModelConfig and TrainConfig changes differ from this run's settings, as text."""
+        saved = {**self.model_config.to_dict(), **self.config.to_dict()}
+        wanted = {**self.model_config.replace(**model_changes).to_dict(),
+                  **self.config.replace(**train_changes).to_dict()}
+        return [f"{k}={wanted[k]!r} (the run has {saved[k]!r})" for k in {**model_changes, **train_changes}
+                if wanted[k] != saved[k]]
+
     # -- set-up ---------------------------------------------------------------------------------------
 
     def _open_sources(self) -> tuple[list, list[float]]:
