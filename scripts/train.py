@@ -10,7 +10,7 @@
 an error listing them unless --allow-partial. --resume keeps the run's settings but the running
 options. Ctrl-C, --time-budget and SIGTERM stop at a step boundary after saving RUN/last.pt.
 --task parts+clothes trains both with one shared network (best-parts, best-clothes checkpoints).
-DDP: torchrun --nproc_per_node=N scripts/train.py ... The trainer: training/trainer.py, docs/training.md.
+DDP: torchrun --nproc_per_node=N -- scripts/train.py ... The trainer: training/trainer.py, docs/training.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Distributed data-parallel set-up for the trainer: one process per device, launched by ``torchrun``.
 
-``torchrun --nproc_per_node=N scripts/train.py ...`` (or any launcher that sets ``WORLD_SIZE``,
-``RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``) starts N copies; each joins the process group here.
+``torchrun --nproc_per_node=N -- scripts/train.py --run RUN ...`` starts N copies (the ``--`` stops
+torchrun reading ``--run`` as its own ``--run-path``), as does any launcher that sets ``WORLD_SIZE``,
+``RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; each joins the process group here.
 CUDA devices use NCCL, CPUs gloo. Rank 0 alone writes files and validates; the others train.
 """
 
