@@ -353,13 +353,13 @@ class PartCamServer:
             self.unread_drops += 1  # memory stays bounded for a client that does not read
             return
         if outcome.error is not None:
-            self.socketio.emit("error", _error_payload(outcome.job.frame_id, outcome.error), to=sid)
+            self.socketio.emit("error", _error_payload(outcome.job.frame_id, outcome.error), to=sid, ignore_queue=True)
             return
         result = outcome.result
         result["server_ms"] = round((time.perf_counter() - outcome.job.received) * 1000.0, 2)
         result["worker"] = self.worker
-        # The client is connected to this process (it is in self.clients), so the result goes
-        # straight to it: through Redis every worker would decode every result.
+        # The client is connected to this process (it is in self.clients), so results and errors
+        # go straight to it: through Redis every worker would decode every result.
         self.socketio.emit("result", result, to=sid, ignore_queue=True)
 
 

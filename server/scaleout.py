@@ -207,16 +207,14 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
-_libc = None
+_prctl = None  # libc's prctl, looked up before any fork
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: its own process group (Ctrl-C at the terminal reaches the
-    supervisor, which stops everything in order), and SIGTERM if the supervisor dies, so a
-    killed supervisor leaves no orphans."""
-    os.setpgrp()
-    if _libc is not None:
-        _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    """In the child before exec: SIGTERM when the supervisor dies, so even a supervisor killed
+    with SIGKILL leaves no orphans."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -234,8 +232,10 @@ class Child:
     lines: collections.deque = field(default_factory=lambda: collections.deque(maxlen=40))
 
     def start(self, output_lock: threading.Lock) -> None:
+        # Its own process group: Ctrl-C at the terminal reaches only the supervisor, which stops
+        # everything in order.
         self.process = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                        stderr=subprocess.STDOUT, process_group=0, preexec_fn=_die_with_parent)
         self.started = time.monotonic()
         self.restart_at = None
         threading.Thread(target=self._relay, args=(self.process, output_lock), daemon=True).start()
@@ -472,14 +472,14 @@ class Supervisor:
 
 def supervise(args: argparse.Namespace) -> int:
     """``python -m server --workers N``: run until SIGINT or SIGTERM; returns the exit status."""
-    global _libc
+    global _prctl
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     if sys.platform.startswith("linux"):
         try:
-            _libc = ctypes.CDLL(None, use_errno=True)  # loaded before any fork, not in the child
-        except OSError:
-            _libc = None
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = None
     return Supervisor(args).run()
 
 
