@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ..preprocessing import IMAGENET, Preprocessing
-from .contract import Backbone, BackboneOutputs, backbone_outputs
+from ..preprocessing import IMAGENET
+from .contract import Backbone, BackboneOutputs, BackboneSpec, backbone_outputs
 from .mobilenetv3 import MobileNetV3Large, mobilenetv3_large
+from .selfie import SPEC as SELFIE_SPEC
 from .vgg import VGG16LargeFOV, imagenet_fc6_from_torchvision, vgg16_largefov
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A backbone builder plus the defaults that belong with it."""
-
-    builder: Callable[..., nn.Module]
-    preprocessing: Preprocessing
-    head: str  # "linear" (fc8 on the backbone's output) or "light" (fuses a stride-8 skip)
-    attention_width: int  # hidden width of the attention head suited to this backbone
-    description: str
-
 
 BACKBONES: dict[str, BackboneSpec] = {
     "vgg16_largefov": BackboneSpec(
@@ -41,12 +27,9 @@ BACKBONES: dict[str, BackboneSpec] = {
         attention_width=64,
         description="MobileNetV3-Large dilated to output stride 16, light stride-8 head",
     ),
+
+    "selfie": SELFIE_SPEC,
 }
-
-# The person-aware encoder imports BackboneSpec from this package, so it registers after it.
-from .selfie import SPEC as SELFIE_SPEC  # noqa: E402
-
-BACKBONES["selfie"] = SELFIE_SPEC
 
 
 def register_backbone(name: str, spec: BackboneSpec) -> None:

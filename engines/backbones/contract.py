@@ -7,10 +7,14 @@ the declaration rather than by probing dictionaries at run time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch import nn
+
+from ..preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,14 @@ def backbone_outputs(module: object, name: str) -> BackboneOutputs:
         raise TypeError(f"backbone {name!r} ({type(module).__name__}) does not declare its outputs "
                         "as a BackboneOutputs in .outputs")
     return outputs
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone builder plus the defaults that belong with it."""
+
+    builder: Callable[..., nn.Module]
+    preprocessing: Preprocessing
+    head: str  # "linear" (fc8 on the backbone's output) or "light" (fuses a stride-8 skip)
+    attention_width: int  # hidden width of the attention head suited to this backbone
+    description: str

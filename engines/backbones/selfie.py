@@ -20,8 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..preprocessing import UNIT_RANGE
-from . import BackboneSpec
-from .contract import BackboneOutputs
+from .contract import BackboneOutputs, BackboneSpec
 
 
 class SameConv2d(nn.Conv2d):
