@@ -25,8 +25,8 @@ from engines import BACKBONES, MERGES, TASKS, CheckpointError, ModelConfig
 from training.initialise import starting_config
 from training.trainer import RuntimeOptions, TrainConfig, Trainer, TrainingError
 
-MODEL_OPTIONS = ("task", "backbone", "merge", "scales", "attention_width", "backbone_kwargs", "head_kwargs",
-                 "detail_width")
+MODEL_OPTIONS = ("task", "backbone", "merge", "scales", "attention_width", "attention_dropout", "backbone_kwargs",
+                 "head_kwargs", "detail_width")
 
 
 def parse_task(text: str) -> str:
@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(g, "--merge", choices=MERGES)
     add(g, "--scales", type=float, nargs="+", metavar="S")
     add(g, "--attention-width", "attention hidden width (default: the backbone's)", type=int)
+    add(g, "--attention-dropout", "dropout in the attention head", type=float)
     add(g, "--backbone-kwargs", 'JSON, e.g. \'{"output_stride": 8}\'', type=json.loads)
     add(g, "--head-kwargs", 'JSON, e.g. \'{"refine": 2}\' (residual 3×3 blocks in the light head)', type=json.loads)
     add(g, "--detail-width", "width of a refiner sharpening the scores at stride 4 (MobileNetV3)", type=int)
