@@ -191,6 +191,9 @@ def main() -> None:
                         help="with --balancer: worker counts, measured one after the other (e.g. 1 2)")
     parser.add_argument("--transport", default="websocket", choices=("websocket", "polling", "both"),
                         help="with --balancer: the phones' Engine.IO transport (both: alternate)")
+    parser.add_argument("--https", action="store_true",
+                        help="with --balancer: HTTPS at the balancer (python-socketio's threaded client drops "
+                             "WebSocket connections over TLS now and then; browsers do not)")
     args, server_args = parser.parse_known_args()
     if args.balancer:
         run_balancer(args, server_args)
@@ -342,7 +345,7 @@ def run_balancer(args: argparse.Namespace, server_args: list[str]) -> None:
                 log_path = Path(tempfile.mkstemp(prefix=f"partcam-loadtest-{count}w-", suffix=".log")[1])
                 print(f"{count} worker(s): supervisor log {log_path}", file=sys.stderr)
                 try:
-                    url = stack.enter_context(local_server(command, log_path, https=True)).url
+                    url = stack.enter_context(local_server(command, log_path, https=args.https)).url
                 except ServerStartError as error:
                     raise SystemExit(str(error)) from None
             info = _get_json(f"{url}/api/info")
@@ -355,21 +358,24 @@ def run_balancer(args: argparse.Namespace, server_args: list[str]) -> None:
         rtt = [r["rtt_ms"] for r in results]
         cnn = [r["cnn_ms"] for r in results]
         errors = sum(len(s.errors) + s.timeouts for s in stats)
-        rows.append((count or len(health.get("workers", {})), fps, per_worker, rtt, cnn, errors, health))
+        load = os.getloadavg()[0]
+        rows.append((count or len(health.get("workers", {})), fps, per_worker, rtt, cnn, errors, health, load))
     model = info["tasks"][args.task]["model"]
-    print(f"\nPartCam load test through the balancer: {args.clients} client(s) over {args.transport}, "
+    print(f"\nPartCam load test through the balancer ({'HTTPS' if args.https else 'HTTP'}): {args.clients} "
+          f"client(s) over {args.transport}, "
           f"{args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up, {args.task}/{args.view}, result form "
           f"{args.form}, {args.in_flight} in flight, 640×480 JPEG frames; {model['engine']} engines, input "
           f"{model['input_size']} px, trained={model['trained']}; {os.cpu_count()} CPU cores here")
     print()
     print("| workers | aggregate fps | fps per client (mean, min) | frames per worker | round trip p50 / p99 ms "
-          "| CNN ms p50 | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for count, fps, per_worker, rtt, cnn, errors, _health in rows:
+          "| CNN ms p50 | errors | load average at end |")
+    print("|---|---|---|---|---|---|---|---|")
+    for count, fps, per_worker, rtt, cnn, errors, _health, load in rows:
         spread = ", ".join(f"{name} {frames_done}" for name, frames_done in sorted(per_worker.items()))
         print(f"| {count} | {sum(fps):.1f} | {statistics.mean(fps):.1f}, {min(fps):.1f} | {spread} | "
-              f"{percentile(rtt, 50):.1f} / {percentile(rtt, 99):.1f} | {percentile(cnn, 50):.1f} | {errors} |")
-    for count, *_rest, health in rows:
+              f"{percentile(rtt, 50):.1f} / {percentile(rtt, 99):.1f} | {percentile(cnn, 50):.1f} | {errors} "
+              f"| {load:.2f} |")
+    for count, *_rest, health, _load in rows:
         print(f"\n{count} worker(s), health at end: " + json.dumps(
             {name: {k: record.get(k) for k in ("frames_done", "errors", "clients")}
              for name, record in health.get("workers", {}).items()}))
