@@ -69,6 +69,7 @@ def create_engine(
     if input_size is None:
         input_size = model.metadata.input_size if model.metadata is not None else 321
 
+    chosen_automatically = backend == "auto"
     if backend == "auto":
         reasons: list[str] = []
         what = f"{model.config.task} ({checkpoint or 'model in memory'})"
@@ -92,7 +93,15 @@ def create_engine(
     if backend == "openvino":
         from .openvino import OpenVinoEngine
 
-        return OpenVinoEngine(model, input_size, threads=threads, precision=cpu_precision)
+        try:
+            return OpenVinoEngine(model, input_size, threads=threads, precision=cpu_precision)
+        except RuntimeError as exc:  # BackendUnavailable included
+            if not chosen_automatically:
+                raise
+            # A runtime that cannot compile this model on this CPU must not stop the demo: eager
+            # PyTorch gives the same labels, slower.
+            log.warning("auto: openvino failed for %s (%s); using cpu", what, str(exc).strip().splitlines()[-1])
+            backend = "cpu"
     if backend == "cpu":
         return CpuEngine(model, input_size, threads=threads)
     if backend == "cuda":

@@ -156,11 +156,21 @@ class OpenVinoEngine(Engine):
                 except OSError as exc:  # a read-only cache only costs start-up time
                     log.warning("could not cache the OpenVINO program in %s (%s)", self.cache_folder, exc)
         self.precision = _choose_precision(core, precision)
-        compiled = core.compile_model(converted, "CPU", {
-            "INFERENCE_NUM_THREADS": self.threads,
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": self.precision,
-        })
+        self.snippets = True
+        settings = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_PRECISION_HINT": self.precision}
+        try:
+            compiled = core.compile_model(converted, "CPU", settings)
+        except RuntimeError as exc:
+            # OpenVINO's fused-kernel generator ("snippets") runs out of vector registers for the
+            # pose guide's subgraphs on CPUs without AVX-512 (16 registers instead of 32). The same
+            # program compiles without it, a little slower, rather than not at all.
+            if "snippet" not in str(exc):
+                raise
+            log.warning("OpenVINO could not fuse kernels on this CPU (%s); compiling without snippets",
+                        str(exc).strip().splitlines()[-1])
+            compiled = core.compile_model(converted, "CPU", {**settings, "SNIPPETS_MODE": "DISABLE"})
+            self.snippets = False
         self._outputs = compiled.outputs
         self._request = compiled.create_infer_request()
         log.info("OpenVINO engine ready in %.1f s (%d threads, %s, %s)", time.perf_counter() - started,
