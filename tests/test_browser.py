@@ -98,7 +98,10 @@ def test_page_shows_live_overlays_readout_and_legend(live_server, tmp_path):
             # opacity slider works without a round trip: 0% shows the frame as sent, 100% the colours.
             # (The untrained test model may label everything as background: then nothing is painted.)
             clear = page.evaluate(OPACITY_DIFF, 0)
-            assert clear["form"] == "labels" and (clear["width"], clear["height"]) == (640, 480)
+            # The page steps its frames down (640, 480, 384, 288 px long side) when results come back
+            # slowly, as they do on a slow CPU: any step will do, in the camera's 4:3 shape.
+            assert clear["form"] == "labels" and clear["width"] in (640, 480, 384, 288)
+            assert clear["width"] * 3 == clear["height"] * 4
             assert clear["diff"] < 0.5
             solid = page.evaluate(OPACITY_DIFF, 100)
             assert solid["painted"] > 0.99  # every labelled pixel shows its class colour exactly
