@@ -77,6 +77,18 @@ def print_qr(url: str) -> None:
     qr.print_ascii(out=sys.stdout, invert=True)
 
 
+def print_phone_urls(scheme: str, urls: list[str]) -> None:
+    """Where to point the phone: each URL, the certificate or HTTP caveat, and a QR code."""
+    print("\nOpen on a phone on the same Wi-Fi:")
+    for url in urls:
+        print(f"  {url}")
+    if scheme == "https":
+        print("  (the certificate is self-signed: accept the browser's warning once)")
+    else:
+        print("  (plain HTTP: only http://localhost gets a camera; drop --http for phones)")
+    print_qr(urls[1] if scheme == "http" and len(urls) > 1 else urls[0])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.workers is not None:
@@ -127,14 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  NOTE: the {' and '.join(untrained)} model(s) are UNTRAINED (random weights): overlays are noise.")
     for task, engine in server.engines.items():
         print(f"  {task}: {engine.name} on {engine.device_name}, input {engine.input_size} px")
-    print("\nOpen on a phone on the same Wi-Fi:")
-    for url in urls:
-        print(f"  {url}")
-    if scheme == "https":
-        print("  (the certificate is self-signed: accept the browser's warning once)")
-    else:
-        print("  (plain HTTP: only http://localhost gets a camera; drop --http for phones)")
-    print_qr(urls[1] if scheme == "http" and len(urls) > 1 else urls[0])
+    print_phone_urls(scheme, urls)
     sys.stdout.flush()
 
     serve(server.app, args, cert, key)

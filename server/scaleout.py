@@ -382,7 +382,7 @@ class Supervisor:
                 time.sleep(0.1)
 
     def banner(self, plans: list[WorkerPlan]) -> None:
-        from .__main__ import page_urls, print_qr
+        from .__main__ import page_urls, print_phone_urls
 
         scheme = "http" if self.args.http else "https"
         urls = page_urls(scheme, self.args.host, self.args.port, self.args.token)
@@ -391,12 +391,7 @@ class Supervisor:
                   f"(sticky cookie {COOKIE}), sharing {redact_url(self.redis_url)}:")
             for plan in plans:
                 print(f"  {plan.name}: http://127.0.0.1:{plan.port}")
-            print("\nOpen on a phone on the same Wi-Fi:")
-            for url in urls:
-                print(f"  {url}")
-            if scheme == "https":
-                print("  (the certificate is self-signed: accept the browser's warning once)")
-            print_qr(urls[1] if scheme == "http" and len(urls) > 1 else urls[0])
+            print_phone_urls(scheme, urls)
             sys.stdout.flush()
 
     # --- running -----------------------------------------------------------------------------------
