@@ -36,6 +36,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; reaps it either way."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def local_server(args: list[str], log_path: str | Path, *, https: bool = False, timeout: float = 600,
                  env: dict | None = None) -> Iterator[LocalServer]:
@@ -71,9 +81,4 @@ def local_server(args: list[str], log_path: str | Path, *, https: bool = False, 
             time.sleep(0.3)
         yield LocalServer(url=url, process=process, log_path=log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

@@ -29,7 +29,7 @@ import requests
 import socketio
 from conftest import encode, make_scene, running_server, untrained_checkpoint_args
 
-from server.launch import free_port
+from server.launch import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 MISSING = [name for name in ("redis-server", "haproxy")
@@ -88,12 +88,7 @@ def cluster(tmp_path_factory):
                 time.sleep(0.3)
             yield cluster
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 class Phone:
